@@ -1,0 +1,327 @@
+"""Settings for Cloud Connector, read from the environment.
+
+With no environment at all the project runs on an embedded default: SQLite in the
+checkout, the in-memory channel layer, DEBUG on and a generated development secret.
+Production is DEBUG off; it refuses to start without a real SECRET_KEY.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str = "") -> str:
+    """A string from the environment; `NAME_FILE` names a file holding it (secrets)."""
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        return Path(path).read_text().strip()
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = env_str(name)
+    if not value:
+        return default
+    if value.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean, not {value!r}")
+
+
+def env_int(name: str, default: int) -> int:
+    value = env_str(name)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, not {value!r}") from None
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = env_str(name)
+    if not value:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def development_secret() -> str:
+    # Stable across restarts so that sessions survive `make run` being restarted.
+    path = BASE_DIR / ".dev-secret-key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+DEBUG = env_bool("DEBUG", True)
+
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    SECRET_KEY = development_secret()
+elif not DEBUG and (len(SECRET_KEY) < 32 or SECRET_KEY.startswith("django-insecure")):
+    raise ImproperlyConfigured("SECRET_KEY is too weak for production (at least 32 characters)")
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "oauth2_provider",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "accounts",
+    "connector",
+    "portal",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+ASGI_APPLICATION = "portal.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0))}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": env_str("SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
+            # Several coroutines and threads write at once (relay counters, API): wait
+            # for the lock instead of failing with "database is locked".
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+            # A file, not memory, so that a server process started by the end-to-end
+            # tests shares the test database with the test process.
+            "TEST": {"NAME": env_str("SQLITE_TEST_PATH", str(BASE_DIR / f"test-db-{os.getpid()}.sqlite3"))},
+        }
+    }
+
+# The relay's database work and the token endpoint's run in this many threads per process,
+# each with its own connection (kept for DB_CONN_MAX_AGE seconds): accounts/db_threads.py.
+# SQLite always uses one thread (Channels' database thread): it locks the whole file.
+DB_THREADS = env_int("DB_THREADS", 4)
+
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            # channels_redis's RedisChannelLayer, made to ride out a Redis restart without
+            # closing sockets (connector/relay.py, docs/benchmarks.md for the choice of layer).
+            "BACKEND": "connector.relay.RedisChannelLayer",
+            "CONFIG": {
+                # channels_redis waits for messages with a 5 s blocking pop (BZPOPMIN); redis-py 8
+                # reads with a 5 s socket timeout by default, so an idle consumer would die with
+                # a TimeoutError (the client sees 1011). The read timeout must outlast the pop.
+                # redis-py 8's asyncio pool holds at most 100 connections and raises (instead of
+                # waiting) past that: a burst of thousands of disconnects, each leaving its
+                # groups, failed with MaxConnectionsError and left memberships behind.
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": 15,
+                        "max_connections": env_int("REDIS_MAX_CONNECTIONS", 2000),
+                    }
+                ],
+                "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),
+                "expiry": 60,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# The cache holds the sign-in throttle's counters: shared through Redis when there is one,
+# so that every process of a deployment counts the same failures.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "cc",
+        }
+    }
+
+AUTH_USER_MODEL = "accounts.User"
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+    # OAuth2 client secrets only (django-oauth-toolkit's CLIENT_SECRET_HASHER): see accounts/hashers.py.
+    "accounts.hashers.ClientSecretHasher",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600)
+
+# Sign-in throttling (portal/login_throttle.py): the throttle backend refuses password
+# checks while a username/address pair or an address has failed too often.
+AUTHENTICATION_BACKENDS = [
+    "portal.login_throttle.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+PORTAL_LOGIN_THROTTLE = {
+    "FAILURES_PER_USER_ADDRESS": env_int("LOGIN_FAILURES_PER_USER_ADDRESS", 5),
+    "FAILURES_PER_ADDRESS": env_int("LOGIN_FAILURES_PER_ADDRESS", 20),
+    "WINDOW": env_int("LOGIN_THROTTLE_WINDOW", 900),
+}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+
+if not DEBUG:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# --- OAuth2 (django-oauth-toolkit) ---------------------------------------------------
+OAUTH2_PROVIDER_APPLICATION_MODEL = "accounts.Application"
+OAUTH2_PROVIDER = {
+    "CLIENT_SECRET_HASHER": "pbkdf2_sha256_client_secret",
+    "ACCESS_TOKEN_EXPIRE_SECONDS": env_int("TOKEN_LIFETIME", 3600),
+    "SCOPES": {
+        "cloud-connector": "Claim devices and open Cloud Connector sessions",
+        "provisioning": "Provision tenants through the REST API",
+    },
+    "DEFAULT_SCOPES": [],
+    "SCOPES_BACKEND_CLASS": "accounts.oauth.CredentialScopes",
+    "OAUTH2_VALIDATOR_CLASS": "accounts.oauth.TenantOAuth2Validator",
+    "OAUTH2_SERVER_CLASS": "oauthlib.oauth2.BackendApplicationServer",
+    "ALLOWED_REDIRECT_URI_SCHEMES": ["https"],
+    # RFC 9700 §4: store access tokens by SHA-256 checksum only, never the raw value.
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    # The rest of RFC 9700 as well. Only the client credentials grant is served and tokens
+    # are read from the Authorization header only, so these change nothing at run time;
+    # they keep `check --deploy` free of the toolkit's warnings.
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,
+    "COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS": True,
+    "REFRESH_TOKEN_REUSE_PROTECTION": True,
+}
+
+# --- REST API -------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.api_auth.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": env_int("API_PAGE_SIZE", 50),
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "connector.api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Cloud Connector provisioning API",
+    "DESCRIPTION": "Provision tenants, merchant aggregators, merchants, stores, POS, "
+    "Cloud API applications and devices, and activate Cloud Connector.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from the installed drf-spectacular-sidecar (static files), not from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Cloud Connector relay ---------------------------------------------------------------
+CLOUD_CONNECTOR = {
+    # Device JWT: signing keys by key id; the first is used to sign, all verify.
+    "JWT_KEYS": dict(pair.split(":", 1) for pair in env_list("CC_JWT_KEYS", [f"dev:{SECRET_KEY}"]) if ":" in pair),
+    "JWT_LIFETIME": env_int("CC_JWT_LIFETIME", 300),
+    "GRACE_PERIOD": env_int("CC_GRACE_PERIOD", 60),
+    "ENDED_RETENTION": env_int("CC_ENDED_RETENTION", 3600),
+    "REGISTRATION_TIMEOUT": env_int("CC_REGISTRATION_TIMEOUT", 10),
+    "MAX_MESSAGE_SIZE": env_int("CC_MAX_MESSAGE_SIZE", 1024 * 1024),
+    "PING_INTERVAL": env_int("CC_PING_INTERVAL", 10),
+    "PING_TIMEOUT": env_int("CC_PING_TIMEOUT", 30),
+    "ALLOWED_ORIGINS": env_list("CC_ALLOWED_ORIGINS", []),
+    "FAILED_REGISTRATION_LIMIT": env_int("CC_FAILED_REGISTRATION_LIMIT", 20),
+    "FAILED_REGISTRATION_WINDOW": env_int("CC_FAILED_REGISTRATION_WINDOW", 60),
+    "COUNTER_FLUSH_INTERVAL": env_int("CC_COUNTER_FLUSH_INTERVAL", 2),
+    "SSL_PROFILE": env_str("CC_SSL_PROFILE", "INGETRUST"),
+    # Base URL of the public WebSocket endpoint, e.g. wss://api.example.com. Empty:
+    # derived from the handshake's Host header (ws in development, wss otherwise).
+    "PUBLIC_WS_URL": env_str("CC_PUBLIC_WS_URL"),
+    # Each serving process records a heartbeat and sweeps due sessions every SWEEP_INTERVAL
+    # seconds; the sockets of a process silent for NODE_TIMEOUT seconds are presumed gone.
+    "SWEEP_INTERVAL": env_int("CC_SWEEP_INTERVAL", 5),
+    "NODE_TIMEOUT": env_int("CC_NODE_TIMEOUT", 30),
+    # On SIGTERM, how long to wait for sockets closed with 1001 before the server stops.
+    "SHUTDOWN_GRACE": env_int("CC_SHUTDOWN_GRACE", 2),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}
