@@ -1,0 +1,505 @@
+"""Admin for the relay's data: devices (with bulk actions and the CSV import), subscriptions,
+activations and sessions. Writes go through connector.services with the staff Principal
+(see accounts.admin.ServiceModelAdmin)."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Exists, OuterRef, Q
+from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from accounts.admin import ReadOnlyAdmin, ServiceModelAdmin
+from accounts.errors import DomainError
+from accounts.scope import device_sessions_in_scope, devices_in_scope, tenants_in_scope
+from connector import services
+from connector.csv_import import COLUMNS, MAX_FILE_BYTES, MAX_ROWS, devices_import_csv
+from connector.models import (
+    Activation,
+    Device,
+    DeviceSession,
+    NodeHeartbeat,
+    Service,
+    ServiceDomain,
+    SessionSocket,
+    Subscription,
+)
+from connector.services import Unusable
+
+UNUSABLE_TEXT = {
+    Unusable.DISABLED: "device disabled or not provisioned",
+    Unusable.SUBSCRIPTION: "tenant not subscribed",
+    Unusable.MERCHANT_AGGREGATOR: "merchant aggregator not active",
+    Unusable.MERCHANT: "merchant not active",
+    Unusable.DEVICE: "device not active",
+}
+
+# The same order as services.device_unusable_reason: the first failing check is the reason.
+_REASON_CHECKS: list[tuple[Unusable, Q]] = [
+    (Unusable.DISABLED, Q(provisioned=False) | Q(enabled=False)),
+    (Unusable.SUBSCRIPTION, Q(subscribed=False)),
+    (Unusable.MERCHANT_AGGREGATOR, Q(ma_active=False)),
+    (Unusable.MERCHANT, Q(merchant_active=False)),
+    (Unusable.DEVICE, Q(device_active=False)),
+]
+
+
+def unusable_reason_of_annotated(device: Device) -> Unusable | None:
+    """Why an annotated device (`services.devices_with_activation`) is unusable, without a query."""
+    if not (device.provisioned and device.enabled):
+        return Unusable.DISABLED
+    for reason, flag in (
+        (Unusable.SUBSCRIPTION, device.subscribed),
+        (Unusable.MERCHANT_AGGREGATOR, device.ma_active),
+        (Unusable.MERCHANT, device.merchant_active),
+        (Unusable.DEVICE, device.device_active),
+    ):
+        if not flag:
+            return reason
+    return None
+
+
+def _reason_filter(reason: Unusable) -> Q:
+    """Devices whose first failing check is `reason`."""
+    condition = Q()
+    for earlier, failing in _REASON_CHECKS:
+        if earlier == reason:
+            return condition & failing
+        condition &= ~failing
+    raise ValueError(reason)
+
+
+class DeviceActiveFilter(admin.SimpleListFilter):
+    title = "Cloud Connector active (device level)"
+    parameter_name = "active"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Active"), ("no", "Not active")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(device_active=self.value() == "yes")
+        return queryset
+
+
+class DeviceUsableFilter(admin.SimpleListFilter):
+    title = "usable for Cloud Connector"
+    parameter_name = "usable"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Usable")] + [(reason.value, f"No: {text}") for reason, text in UNUSABLE_TEXT.items()]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == "yes":
+            return queryset.filter(usable=True)
+        if value in {reason.value for reason in Unusable}:
+            return queryset.filter(_reason_filter(Unusable(value)))
+        return queryset
+
+
+class DeviceOnlineFilter(admin.SimpleListFilter):
+    title = "online"
+    parameter_name = "online"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Online"), ("no", "Offline")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(is_online=self.value() == "yes")
+        return queryset
+
+
+class DeviceImportForm(forms.Form):
+    tenant = forms.ModelChoiceField(queryset=None, help_text="Merchants and stores are looked up in this tenant.")
+    # Empty files reach the import service, which explains what the file needs.
+    file = forms.FileField(allow_empty_file=True, help_text="A CSV file, UTF-8.")
+
+    def __init__(self, *args, tenants, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["tenant"].queryset = tenants
+
+
+@admin.register(Device)
+class DeviceAdmin(ServiceModelAdmin):
+    list_display = [
+        "tsn",
+        "tenant",
+        "merchant",
+        "store",
+        "enabled",
+        "provisioned",
+        "cloud_connector_active",
+        "usability",
+        "online",
+    ]
+    list_filter = [
+        "tenant",
+        ("merchant", admin.RelatedOnlyFieldListFilter),
+        ("store", admin.RelatedOnlyFieldListFilter),
+        "make",
+        "enabled",
+        DeviceActiveFilter,
+        DeviceUsableFilter,
+        DeviceOnlineFilter,
+    ]
+    search_fields = ["serial", "make", "model"]
+    autocomplete_fields = ["merchant", "store"]
+    actions = [
+        "enable_devices",
+        "disable_devices",
+        "activate_cloud_connector",
+        "deactivate_cloud_connector",
+    ]
+    list_per_page = 100
+
+    def get_queryset(self, request):
+        online = DeviceSession.objects.filter(device=OuterRef("pk"), state=DeviceSession.State.ONLINE)
+        queryset = devices_in_scope(principal=self.principal(request)).select_related(
+            "tenant", "merchant__merchant_aggregator", "store"
+        )
+        return services.devices_with_activation(queryset).annotate(is_online=Exists(online))
+
+    def get_search_results(self, request, queryset, search_term):
+        # A fully qualified tsn (make-model-serial) is what support people paste: match it whole.
+        term = search_term.strip()
+        if 2 <= term.count("-") <= 8 and " " not in term:
+            by_tsn = queryset.filter(_tsn_filter(term))
+            if by_tsn.exists():
+                return by_tsn, False
+        return super().get_search_results(request, queryset, search_term)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["merchant", "store", "make", "model", "serial", "enabled", "provisioned"]
+        return [
+            "tsn",
+            "tenant",
+            "merchant",
+            "store",
+            "make",
+            "model",
+            "serial",
+            "enabled",
+            "provisioned",
+            "cloud_connector_active",
+            "usability",
+            "sessions",
+            "created_at",
+        ]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        return ["tsn", "tenant", "merchant", "cloud_connector_active", "usability", "sessions", "created_at"]
+
+    @admin.display(description="TSN", ordering="serial")
+    def tsn(self, obj):
+        return obj.tsn
+
+    @admin.display(boolean=True, description="Cloud Connector active", ordering="device_active")
+    def cloud_connector_active(self, obj):
+        return obj.device_active
+
+    @admin.display(description="Usable")
+    def usability(self, obj):
+        reason = unusable_reason_of_annotated(obj)
+        if reason is None:
+            return format_html('<span style="color: var(--message-success-fg, green)">{}</span>', "usable")
+        return format_html('<span style="color: var(--error-fg, #ba2121)">no: {}</span>', UNUSABLE_TEXT[reason])
+
+    @admin.display(boolean=True, description="Online", ordering="is_online")
+    def online(self, obj):
+        return obj.is_online
+
+    @admin.display(description="Sessions")
+    def sessions(self, obj):
+        url = reverse("admin:connector_devicesession_changelist") + f"?device__id__exact={obj.pk}"
+        return format_html('<a href="{}">{} session(s)</a>', url, obj.sessions.count())
+
+    def create_through_service(self, request, form):
+        data = form.cleaned_data
+        return services.device_create(
+            merchant=data["merchant"],
+            store=data["store"],
+            make=data["make"],
+            model=data["model"],
+            serial=data["serial"],
+            enabled=data["enabled"],
+            provisioned=data["provisioned"],
+            actor=self.principal(request),
+        )
+
+    def update_through_service(self, request, obj, form):
+        changes = {field: form.cleaned_data[field] for field in form.changed_data if field in services.DEVICE_UPDATABLE}
+        if changes:
+            services.device_update(device=obj, actor=self.principal(request), **changes)
+
+    def delete_through_service(self, request, obj):
+        services.device_delete(device=obj, actor=self.principal(request))
+
+    # --- bulk actions ---
+
+    def _set_enabled(self, request, queryset, enabled: bool, done: str) -> None:
+        actor = self.principal(request)
+        self.apply_each(
+            request,
+            queryset.filter(enabled=not enabled),
+            lambda device: services.device_update(device=device, enabled=enabled, actor=actor),
+            done,
+        )
+
+    @admin.action(description="Enable", permissions=["change"])
+    def enable_devices(self, request, queryset):
+        self._set_enabled(request, queryset, True, "Devices enabled")
+
+    @admin.action(description="Disable (ends their sessions)", permissions=["change"])
+    def disable_devices(self, request, queryset):
+        self._set_enabled(request, queryset, False, "Devices disabled")
+
+    @admin.action(description="Activate Cloud Connector", permissions=["change"])
+    def activate_cloud_connector(self, request, queryset):
+        actor = self.principal(request)
+        self.apply_each(
+            request,
+            queryset.filter(device_active=False),
+            lambda device: services.service_activate(obj=device, actor=actor),
+            "Cloud Connector activated for devices",
+        )
+        self._report_still_unusable(request, queryset)
+
+    @admin.action(description="Deactivate Cloud Connector (ends their sessions)", permissions=["change"])
+    def deactivate_cloud_connector(self, request, queryset):
+        actor = self.principal(request)
+        self.apply_each(
+            request,
+            queryset.filter(device_active=True),
+            lambda device: services.service_deactivate(obj=device, actor=actor),
+            "Cloud Connector deactivated for devices",
+        )
+
+    def _report_still_unusable(self, request, queryset) -> None:
+        """After activating, say which devices still cannot connect and why (a level above)."""
+        fresh = services.devices_with_activation(Device.objects.filter(pk__in=queryset.values("pk")))
+        reasons: dict[Unusable, int] = {}
+        for device in fresh:
+            reason = unusable_reason_of_annotated(device)
+            if reason is not None:
+                reasons[reason] = reasons.get(reason, 0) + 1
+        for reason, count in reasons.items():
+            self.message_user(
+                request, f"{count} selected device(s) still unusable: {UNUSABLE_TEXT[reason]}.", messages.WARNING
+            )
+
+    # --- CSV import ---
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.import_csv_view)
+        return [path("import-csv/", view, name="connector_device_import_csv"), *super().get_urls()]
+
+    def import_csv_view(self, request):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        principal = self.principal(request)
+        tenants = tenants_in_scope(principal=principal)
+        bound = request.method == "POST"
+        form = DeviceImportForm(request.POST if bound else None, request.FILES if bound else None, tenants=tenants)
+        result = None
+        if bound and form.is_valid():
+            try:
+                result = devices_import_csv(
+                    tenant=form.cleaned_data["tenant"], file=form.cleaned_data["file"], actor=principal
+                )
+            except DomainError as error:
+                form.add_error(None, error.message)
+            if result is not None and result.ok:
+                self.message_user(
+                    request,
+                    f"Imported {result.created} device(s) into {form.cleaned_data['tenant']}. They are not active "
+                    "for Cloud Connector until activated: select them and use the action.",
+                    messages.SUCCESS,
+                )
+                changelist = reverse("admin:connector_device_changelist")
+                return HttpResponseRedirect(f"{changelist}?tenant__id__exact={form.cleaned_data['tenant'].pk}")
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Import devices from CSV",
+            "opts": self.opts,
+            "form": form,
+            "result": result,
+            "columns": ",".join(COLUMNS),
+            "max_rows": MAX_ROWS,
+            "max_mib": MAX_FILE_BYTES // 1024 // 1024,
+        }
+        return TemplateResponse(request, "admin/connector/device/import_csv.html", context)
+
+
+def _tsn_filter(term: str) -> Q:
+    """Devices whose make-model-serial equals `term` (case-insensitive). Make, model and
+    serial may themselves hold hyphens, so every split of the term is tried."""
+    parts = term.split("-")
+    condition = Q(pk__in=[])
+    for first in range(1, len(parts) - 1):
+        for second in range(first + 1, len(parts)):
+            condition |= Q(
+                make__iexact="-".join(parts[:first]),
+                model__iexact="-".join(parts[first:second]),
+                serial__iexact="-".join(parts[second:]),
+            )
+    return condition
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(ServiceModelAdmin):
+    list_display = ["tenant", "service", "created_at"]
+    list_filter = ["service"]
+    search_fields = ["tenant__domain", "tenant__name"]
+    autocomplete_fields = ["tenant"]
+    list_select_related = ["tenant", "service"]
+    fields = ["tenant", "service"]
+
+    def create_through_service(self, request, form):
+        data = form.cleaned_data
+        return services.subscription_create(
+            tenant=data["tenant"], service_code=data["service"].code, actor=self.principal(request)
+        )
+
+    def delete_through_service(self, request, obj):
+        services.subscription_delete(subscription=obj, actor=self.principal(request))
+
+
+class ActivationLevelFilter(admin.SimpleListFilter):
+    title = "level"
+    parameter_name = "level"
+    LEVELS = {"merchant_aggregator": "Merchant aggregator", "merchant": "Merchant", "device": "Device"}
+
+    def lookups(self, request, model_admin):
+        return list(self.LEVELS.items())
+
+    def queryset(self, request, queryset):
+        if self.value() in self.LEVELS:
+            return queryset.filter(**{f"{self.value()}__isnull": False})
+        return queryset
+
+
+@admin.register(Activation)
+class ActivationAdmin(ServiceModelAdmin):
+    """Where Cloud Connector is switched on. Activate with the actions on merchant aggregators,
+    merchants and devices; deleting a row here deactivates that level."""
+
+    list_display = ["target", "level", "service", "created_at"]
+    list_filter = [ActivationLevelFilter, "service"]
+    search_fields = ["merchant_aggregator__name", "merchant__name", "device__serial"]
+    list_select_related = ["service", "merchant_aggregator", "merchant", "device"]
+    fields = ["service", "merchant_aggregator", "merchant", "device", "created_at"]
+    readonly_fields = fields
+
+    @admin.display(description="Activated for")
+    def target(self, obj):
+        return obj.merchant_aggregator or obj.merchant or obj.device
+
+    @admin.display(description="Level")
+    def level(self, obj):
+        for field, label in ActivationLevelFilter.LEVELS.items():
+            if getattr(obj, f"{field}_id"):
+                return label
+        return "-"
+
+    def delete_through_service(self, request, obj):
+        services.service_deactivate(obj=self.target(obj), actor=self.principal(request))
+
+
+@admin.register(DeviceSession)
+class DeviceSessionAdmin(ServiceModelAdmin):
+    """Sessions are the relay's; staff may only end live ones (through `device_session_end`)."""
+
+    list_display = [
+        "id",
+        "device",
+        "tenant",
+        "state",
+        "claimed_by_client",
+        "frames_relayed",
+        "frames_dropped",
+        "created_at",
+        "last_seen_at",
+        "end_reason",
+    ]
+    list_filter = ["state", ("device__tenant", admin.RelatedFieldListFilter)]
+    search_fields = ["id", "device__serial", "claimed_by__client_id"]
+    date_hierarchy = "created_at"
+    actions = ["end_sessions"]
+
+    def get_queryset(self, request):
+        return device_sessions_in_scope(principal=self.principal(request)).select_related(
+            "device__tenant", "claimed_by"
+        )
+
+    @admin.display(description="Tenant", ordering="device__tenant__domain")
+    def tenant(self, obj):
+        return obj.device.tenant
+
+    @admin.display(description="Claimed by", ordering="claimed_by__client_id")
+    def claimed_by_client(self, obj):
+        return obj.claimed_by.client_id if obj.claimed_by else "-"
+
+    def get_fields(self, request, obj=None):
+        return [
+            "id",
+            "device",
+            "state",
+            "endpoints",
+            "claimed_by_client",
+            "claimed_at",
+            "frames_relayed",
+            "frames_dropped",
+            "node",
+            "created_at",
+            "jwt_expires_at",
+            "online_at",
+            "offline_at",
+            "last_seen_at",
+            "ended_at",
+            "end_reason",
+        ]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.get_fields(request, obj)
+
+    @admin.action(description="End the selected live sessions (sockets close with 4410)", permissions=["service_write"])
+    def end_sessions(self, request, queryset):
+        actor = self.principal(request)
+        self.apply_each(
+            request,
+            queryset.exclude(state=DeviceSession.State.ENDED).select_related("device"),
+            lambda session: services.device_session_end(session=session, actor=actor),
+            "Sessions ended",
+        )
+
+
+@admin.register(SessionSocket)
+class SessionSocketAdmin(ReadOnlyAdmin):
+    list_display = ["session", "side", "endpoint", "node", "connected_at"]
+    list_filter = ["side", "node"]
+    search_fields = ["session__id", "node"]
+
+
+@admin.register(ServiceDomain)
+class ServiceDomainAdmin(ReadOnlyAdmin):
+    list_display = ["code", "name"]
+
+
+@admin.register(Service)
+class ServiceAdmin(ReadOnlyAdmin):
+    list_display = ["code", "name", "domain"]
+    list_select_related = ["domain"]
+
+
+@admin.register(NodeHeartbeat)
+class NodeHeartbeatAdmin(ReadOnlyAdmin):
+    list_display = ["node", "seen_at"]

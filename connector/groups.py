@@ -1,0 +1,145 @@
+"""Channel-layer group names and after-commit delivery for the relay's control events.
+
+Groups carry control events only (session ended, claim changed, a peer socket attached or
+left, revocations, POS events); relayed frames never use a group, they go straight to a
+socket (see connector.relay).
+
+- `session_group(session_id)`: every device socket and POS session socket of a session.
+- `credential_group(application_id)`: the POS session sockets of a credential.
+- `listener_group(application_id)`: the pos-listener sockets of a credential (the events
+  of §5 for the sessions it claims).
+
+Revocations go to a credential's two groups (connector.events): `credential.revoked` closes
+them all; `token.revoked` names the token's checksum and closes the sockets that
+authenticated with that token. One group per token would cost every POS socket one more
+membership to add and drop in the channel layer.
+
+Delivery after commit, two ways:
+
+- Work the relay runs through `collecting` (connector.consumers runs all its database
+  work so): the events a call committed are kept, in order, and the caller sends them on
+  the event loop when the call is back (`deliver`), before it goes on. The database thread
+  is free meanwhile, and a socket is still announced before it is accepted (a peer on
+  another process hears of it before its first frame: one channel, first in first out).
+- Anything else (the portal, the REST API, the relay's housekeeping, management
+  commands): sent at commit, the committing thread waiting for the channel layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+
+def session_group(session_id: str) -> str:
+    return f"cc.session.{session_id}"
+
+
+def credential_group(application_id: int) -> str:
+    return f"cc.credential.{application_id}"
+
+
+def listener_group(application_id: int) -> str:
+    return f"cc.listener.{application_id}"
+
+
+def send_now(group: str, message: dict) -> None:
+    outbox = getattr(_collecting, "outbox", None)
+    if outbox is not None:
+        outbox.append((group, message))
+        return
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(group, message)
+    except Exception:  # noqa: BLE001 - a committed change must not fail because a layer hiccuped
+        logger.exception("could not deliver %s to %s", message.get("type"), group)
+
+
+def send_after_commit(group: str | tuple[str, ...], message: dict) -> None:
+    """Send `message` to a group, or to each of several, once the transaction commits."""
+    names = (group,) if isinstance(group, str) else group
+
+    def send() -> None:
+        for name in names:
+            send_now(name, message)
+
+    transaction.on_commit(send)
+
+
+def credential_groups(application_id: int) -> tuple[str, str]:
+    """Every socket of a credential: its POS session sockets and its pos-listeners."""
+    return (credential_group(application_id), listener_group(application_id))
+
+
+# --- events of a call, sent by its caller --------------------------------------------------
+
+_collecting = threading.local()
+
+
+@dataclass
+class Outcome:
+    """What a call run through `collecting` returned or raised, and the events it committed."""
+
+    result: Any = None
+    error: BaseException | None = None
+    events: list[tuple[str, dict]] = field(default_factory=list)
+
+    async def unwrap(self) -> Any:
+        """Send the events (in order, after the commits that made them), then return the
+        result or raise the error."""
+        await deliver(self.events)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def collecting(fn: Callable) -> Callable[..., Outcome]:
+    """`fn` made to keep the events its commits send, for its caller to deliver; it never
+    raises (the error is in the Outcome, with the events committed before it)."""
+
+    def run(*args: Any, **kwargs: Any) -> Outcome:
+        outcome = Outcome()
+        previous = getattr(_collecting, "outbox", None)
+        _collecting.outbox = outcome.events
+        try:
+            outcome.result = fn(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - handed to the caller with the events
+            outcome.error = error
+        finally:
+            _collecting.outbox = previous
+        return outcome
+
+    return run
+
+
+async def deliver(events: list[tuple[str, dict]]) -> None:
+    if not events:
+        return
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    for group, message in events:
+        try:
+            await layer.group_send(group, message)
+        except Exception:  # noqa: BLE001 - the change is committed; a layer hiccup must not undo the caller
+            logger.exception("could not deliver %s to %s", message.get("type"), group)
+
+
+def pos_event_after_commit(*, application_id: int | None, event: str, session_id: str, tsn: str) -> None:
+    """One of §5's events for the pos-listener sockets of the credential holding a claim."""
+    if application_id is None:
+        return
+    send_after_commit(
+        listener_group(application_id), {"type": "pos.event", "event": event, "session_id": session_id, "tsn": tsn}
+    )

@@ -1,0 +1,192 @@
+"""The relay's data: services and their activation, devices, and device sessions."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Lower
+
+from accounts.models import Merchant, MerchantAggregator, Store, Tenant
+
+CLOUD_CONNECTOR = "cloud-connector"
+
+identifier_validator = RegexValidator(r"^[A-Za-z0-9._-]+$", "Use only letters, digits, '.', '_' and '-'.")
+
+
+class ServiceDomain(models.Model):
+    """A family of services, e.g. the Retail API service domain."""
+
+    code = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=100)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Service(models.Model):
+    """A service a tenant can subscribe to, e.g. Cloud Connector in the Retail API domain."""
+
+    domain = models.ForeignKey(ServiceDomain, on_delete=models.PROTECT, related_name="services")
+    code = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=100)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Subscription(models.Model):
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="subscriptions")
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="subscriptions")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "service"], name="one_subscription_per_service")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} → {self.service}"
+
+
+class Device(models.Model):
+    """A payment terminal, provisioned under a merchant and one of its stores."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="devices")
+    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, related_name="devices")
+    store = models.ForeignKey(Store, on_delete=models.PROTECT, related_name="devices")
+    make = models.CharField(max_length=40, validators=[identifier_validator])
+    model = models.CharField(max_length=40, validators=[identifier_validator])
+    serial = models.CharField(max_length=60, validators=[identifier_validator])
+    provisioned = models.BooleanField(default=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint("tenant", Lower("make"), Lower("serial"), name="serial_unique_per_make_in_tenant")
+        ]
+        indexes = [models.Index(Lower("serial"), name="device_serial_lower")]
+
+    def __str__(self) -> str:
+        return self.tsn
+
+    @property
+    def tsn(self) -> str:
+        """The fully qualified terminal serial number."""
+        return f"{self.make}-{self.model}-{self.serial}"
+
+
+class Activation(models.Model):
+    """Cloud Connector (or another service) switched on for one MA, merchant or device."""
+
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="activations")
+    merchant_aggregator = models.ForeignKey(
+        MerchantAggregator, null=True, blank=True, on_delete=models.CASCADE, related_name="activations"
+    )
+    merchant = models.ForeignKey(Merchant, null=True, blank=True, on_delete=models.CASCADE, related_name="activations")
+    device = models.ForeignKey(Device, null=True, blank=True, on_delete=models.CASCADE, related_name="activations")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    Q(merchant_aggregator__isnull=False, merchant__isnull=True, device__isnull=True)
+                    | Q(merchant_aggregator__isnull=True, merchant__isnull=False, device__isnull=True)
+                    | Q(merchant_aggregator__isnull=True, merchant__isnull=True, device__isnull=False)
+                ),
+                name="activation_one_level",
+            ),
+            models.UniqueConstraint(fields=["service", "merchant_aggregator"], name="one_ma_activation"),
+            models.UniqueConstraint(fields=["service", "merchant"], name="one_merchant_activation"),
+            models.UniqueConstraint(fields=["service", "device"], name="one_device_activation"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service} for {self.merchant_aggregator or self.merchant or self.device}"
+
+
+class DeviceSession(models.Model):
+    """One device's presence on Cloud Connector, from registration to its end."""
+
+    class State(models.TextChoices):
+        REGISTERED = "registered"
+        ONLINE = "online"
+        OFFLINE = "offline"
+        ENDED = "ended"
+
+    id = models.CharField(primary_key=True, max_length=64)
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="sessions")
+    state = models.CharField(max_length=12, choices=State.choices, default=State.REGISTERED)
+    endpoints = models.JSONField(default=list)
+    claimed_by = models.ForeignKey(
+        settings.OAUTH2_PROVIDER_APPLICATION_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="claimed_sessions",
+    )
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    frames_relayed = models.BigIntegerField(default=0)
+    frames_dropped = models.BigIntegerField(default=0)
+    node = models.CharField(max_length=100, blank=True, help_text="Process holding the device sockets")
+    created_at = models.DateTimeField(auto_now_add=True)
+    jwt_expires_at = models.DateTimeField()
+    online_at = models.DateTimeField(null=True, blank=True)
+    offline_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=40, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["device"], condition=~Q(state="ended"), name="one_live_session_per_device")
+        ]
+        indexes = [models.Index(fields=["state"], name="session_state")]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.state})"
+
+
+class SessionSocket(models.Model):
+    """A live WebSocket of a device session, held by one serving process (`node`).
+
+    Soft state: written on connect and disconnect only (never per frame), and swept away
+    when its node stops beating. It is how a socket finds its peer on another process
+    (`channel_name`) and whether a session is online (at least one device socket).
+    """
+
+    class Side(models.TextChoices):
+        DEVICE = "device"
+        POS = "pos"
+
+    session = models.ForeignKey(DeviceSession, on_delete=models.CASCADE, related_name="sockets")
+    side = models.CharField(max_length=6, choices=Side.choices)
+    endpoint = models.CharField(max_length=255)
+    channel_name = models.CharField(max_length=200)
+    node = models.CharField(max_length=100)
+    # The credential of a POS socket (no foreign key: the row must not outlive nor block
+    # the deletion of a credential, whose sockets close anyway).
+    application_id = models.BigIntegerField(null=True, blank=True)
+    connected_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["session", "side", "endpoint"], name="one_socket_per_session_endpoint")
+        ]
+        indexes = [models.Index(fields=["node"], name="session_socket_node")]
+
+    def __str__(self) -> str:
+        return f"{self.session_id} {self.side} {self.endpoint} on {self.node}"
+
+
+class NodeHeartbeat(models.Model):
+    """A serving process that is alive; sessions on a silent node are taken offline."""
+
+    node = models.CharField(max_length=100, primary_key=True)
+    seen_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.node} at {self.seen_at:%H:%M:%S}"

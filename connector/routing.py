@@ -1,0 +1,23 @@
+"""WebSocket routes of the Cloud Connector protocol (contract §3-§6).
+
+The session id is a path segment and the endpoint is the rest of the path, so that
+`connection_url + E` and `session_url + E` route here for every endpoint E (the root
+endpoint `/` is the bare URL, with or without a trailing slash). The endpoint's syntax is
+checked by the consumer, which answers a bad one with 4404 instead of a failed handshake.
+"""
+
+from django.urls import re_path
+
+from connector import consumers
+
+_SESSION = r"(?P<session_id>[A-Za-z0-9_-]{1,64})"
+_ENDPOINT = r"(?P<endpoint>/.*)?"
+
+websocket_urlpatterns: list = [
+    re_path(r"^cloud-connector/v1/device-listener/?$", consumers.DeviceListenerConsumer.as_asgi()),
+    re_path(r"^cloud-connector/v1/pos-listener/?$", consumers.PosListenerConsumer.as_asgi()),
+    re_path(rf"^cloud-connector/v1/device/{_SESSION}{_ENDPOINT}$", consumers.DeviceSocketConsumer.as_asgi()),
+    re_path(rf"^cloud-connector/v1/session/{_SESSION}{_ENDPOINT}$", consumers.PosSessionConsumer.as_asgi()),
+    # Anything else under the prefix: accepted and closed with 4404, not a failed handshake.
+    re_path(r"^cloud-connector/", consumers.NotFoundConsumer.as_asgi()),
+]
