@@ -1,0 +1,139 @@
+"""What the portal shows about devices: their Cloud Connector state and live session, read
+in a fixed number of queries however many devices there are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet
+
+from accounts.scope import Principal, devices_in_scope
+from connector.models import Device, DeviceSession
+from connector.services import Unusable, devices_with_activation, unusable_reason_from_flags
+
+REASON_TEXT = {
+    Unusable.DISABLED: "The device is not provisioned and enabled in PPaaS.",
+    Unusable.SUBSCRIPTION: "Your PPaaS client is not subscribed to Cloud Connector; ask Client Services.",
+    Unusable.MERCHANT_AGGREGATOR: "Cloud Connector is not active for the merchant aggregator.",
+    Unusable.MERCHANT: "Cloud Connector is not active for the merchant.",
+    Unusable.DEVICE: "Cloud Connector is not active for this device: it was created after its merchant was "
+    "activated, so it must be activated itself.",
+}
+
+SHORT_REASON = {
+    Unusable.DISABLED: "Device disabled",
+    Unusable.SUBSCRIPTION: "Not subscribed",
+    Unusable.MERCHANT_AGGREGATOR: "Inactive for the aggregator",
+    Unusable.MERCHANT: "Inactive for the merchant",
+    Unusable.DEVICE: "Not activated for this device",
+}
+
+LIVE_STATES = [DeviceSession.State.REGISTERED, DeviceSession.State.ONLINE, DeviceSession.State.OFFLINE]
+
+
+def _live_sessions() -> QuerySet[DeviceSession]:
+    return DeviceSession.objects.filter(state__in=LIVE_STATES).select_related(
+        "claimed_by__pos", "claimed_by__cloud_application"
+    )
+
+
+def devices_for_portal(*, principal: Principal) -> QuerySet[Device]:
+    """Devices in scope, annotated with activation flags and `online`, their live session
+    prefetched into `live_sessions`."""
+    online = DeviceSession.objects.filter(device_id=OuterRef("pk"), state=DeviceSession.State.ONLINE)
+    return (
+        devices_with_activation(devices_in_scope(principal=principal))
+        .annotate(online=Exists(online))
+        .prefetch_related(Prefetch("sessions", queryset=_live_sessions(), to_attr="live_sessions"))
+        .order_by("store__name", "make", "serial", "pk")
+    )
+
+
+def devices_filtered(queryset: QuerySet[Device], *, store=None, make: str = "", active: str = "", online: str = ""):
+    if store is not None:
+        queryset = queryset.filter(store=store)
+    if make:
+        queryset = queryset.filter(make__iexact=make)
+    if active:
+        queryset = queryset.filter(usable=(active == "yes"))
+    if online:
+        queryset = queryset.filter(online=(online == "yes"))
+    return queryset
+
+
+def credential_name(session: DeviceSession) -> str:
+    """'POS Till 1' or 'Application Acme POS'; the credential's kind when it has no owner."""
+    application = session.claimed_by
+    if application is None:
+        return ""
+    pos = getattr(application, "pos", None)
+    if pos is not None:
+        return f"POS {pos.name}"
+    cloud_app = getattr(application, "cloud_application", None)
+    if cloud_app is not None:
+        return f"Application {cloud_app.name}"
+    return application.get_kind_display()
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    device: Device
+    reason: Unusable | None
+    session: DeviceSession | None
+
+    @property
+    def active(self) -> bool:
+        return self.reason is None
+
+    @property
+    def reason_text(self) -> str:
+        return REASON_TEXT[self.reason] if self.reason else ""
+
+    @property
+    def reason_short(self) -> str:
+        return SHORT_REASON[self.reason] if self.reason else ""
+
+    @property
+    def needs_device_activation(self) -> bool:
+        return self.reason == Unusable.DEVICE
+
+    @property
+    def online(self) -> bool:
+        return self.session is not None and self.session.state == DeviceSession.State.ONLINE
+
+    @property
+    def connection(self) -> str:
+        """online, offline (session kept for the grace period), registered, or none."""
+        return self.session.state if self.session else "none"
+
+    @property
+    def claimed(self) -> bool:
+        return self.session is not None and self.session.claimed_by_id is not None
+
+    @property
+    def claimed_by(self) -> str:
+        return credential_name(self.session) if self.claimed else ""
+
+    @property
+    def claimed_at(self) -> datetime | None:
+        return self.session.claimed_at if self.claimed else None
+
+    @property
+    def last_seen_at(self) -> datetime | None:
+        return self.session.last_seen_at if self.session else None
+
+    @property
+    def online_at(self) -> datetime | None:
+        return self.session.online_at if self.session else None
+
+    @property
+    def frames_relayed(self) -> int:
+        return self.session.frames_relayed if self.session else 0
+
+
+def device_state(device: Device) -> DeviceState:
+    sessions = getattr(device, "live_sessions", [])
+    return DeviceState(
+        device=device, reason=unusable_reason_from_flags(device), session=sessions[0] if sessions else None
+    )

@@ -1,0 +1,184 @@
+"""Portal forms: they read and check what people type; services do the writing.
+
+Choices that name objects (a merchant, a store, a credential) are built from querysets
+that the view got from the scope selectors, so a form can never offer or accept an object
+outside the user's reach.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib.auth.forms import AuthenticationForm
+from django.db.models import QuerySet
+
+from accounts.errors import Conflict, DomainError, Invalid
+from accounts.models import NAME_MAX_LENGTH, POS, CloudApplication, Merchant, MerchantAggregator, Store
+from portal.login_throttle import client_address, lockout_minutes, login_locked
+
+
+def apply_domain_error(form: forms.Form, error: DomainError) -> None:
+    """Show a service's domain error on the form: field messages where the field is on the
+    form, the rest above it. The one place where the portal translates Invalid/Conflict."""
+    if isinstance(error, Invalid):
+        for field, messages in error.errors.items():
+            target = field if field in form.fields else None
+            for message in messages:
+                form.add_error(target, message)
+    elif isinstance(error, Conflict):
+        form.add_error(None, error.message)
+    else:
+        raise error
+
+
+class NameForm(forms.Form):
+    """A name; that it differs from its siblings' is the service's rule (require_unique_name)."""
+
+    name = forms.CharField(max_length=NAME_MAX_LENGTH, strip=True)
+
+
+class StoreCreateForm(NameForm):
+    """A store's name and, for people above one merchant, its merchant."""
+
+    merchant = forms.ModelChoiceField(queryset=Merchant.objects.none(), required=False)
+
+    field_order = ["merchant", "name"]
+
+    def __init__(self, *args, merchants: QuerySet[Merchant], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.merchants = merchants
+        self.fields["merchant"].queryset = merchants
+        self.single_merchant = merchants.count() == 1
+        if self.single_merchant:
+            del self.fields["merchant"]
+        else:
+            self.fields["merchant"].required = True
+
+    def chosen_merchant(self, cleaned: dict | None = None) -> Merchant | None:
+        cleaned = self.cleaned_data if cleaned is None else cleaned
+        if self.single_merchant:
+            return self.merchants.first()
+        return cleaned.get("merchant")
+
+
+class ApplicationCreateForm(NameForm):
+    merchant_aggregator = forms.ModelChoiceField(queryset=MerchantAggregator.objects.none(), required=False)
+
+    field_order = ["merchant_aggregator", "name"]
+
+    def __init__(self, *args, merchant_aggregators: QuerySet[MerchantAggregator], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.merchant_aggregators = merchant_aggregators
+        self.single = merchant_aggregators.count() == 1
+        if self.single:
+            del self.fields["merchant_aggregator"]
+        else:
+            self.fields["merchant_aggregator"].queryset = merchant_aggregators
+            self.fields["merchant_aggregator"].required = True
+            self.fields["merchant_aggregator"].label = "Merchant aggregator"
+
+    def chosen_merchant_aggregator(self, cleaned: dict | None = None) -> MerchantAggregator | None:
+        cleaned = self.cleaned_data if cleaned is None else cleaned
+        if self.single:
+            return self.merchant_aggregators.first()
+        return cleaned.get("merchant_aggregator")
+
+
+SERVICE_LABELS = {"retail-api": "Retail API"}
+GRANT_TYPE_LABELS = {"client_credentials": "Client Credentials Grant"}
+ROLE_LABELS = {"pos-terminal": "Point-of-sale Terminal"}
+
+
+class ApplicationConfigForm(forms.Form):
+    """The seed's three sections: API, Credentials & Security > Credentials, > Roles."""
+
+    name = forms.CharField(max_length=NAME_MAX_LENGTH, strip=True)
+    services = forms.MultipleChoiceField(
+        choices=[(code, SERVICE_LABELS.get(code, code)) for code in CloudApplication.SERVICE_CHOICES],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        label="Services",
+    )
+    grant_types = forms.MultipleChoiceField(
+        choices=[(code, GRANT_TYPE_LABELS.get(code, code)) for code in CloudApplication.GRANT_TYPE_CHOICES],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        label="Grant types",
+    )
+    roles = forms.MultipleChoiceField(
+        choices=[(code, ROLE_LABELS.get(code, code)) for code in CloudApplication.ROLE_CHOICES],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        label="Roles",
+    )
+
+    def __init__(self, *args, app: CloudApplication, **kwargs) -> None:
+        kwargs.setdefault(
+            "initial", {"name": app.name, "services": app.services, "grant_types": app.grant_types, "roles": app.roles}
+        )
+        super().__init__(*args, **kwargs)
+        self.app = app
+
+
+YES_NO = [("", "Any"), ("yes", "Yes"), ("no", "No")]
+
+
+class DeviceFilterForm(forms.Form):
+    store = forms.ModelChoiceField(queryset=Store.objects.none(), required=False, empty_label="All stores")
+    make = forms.ChoiceField(required=False)
+    active = forms.ChoiceField(choices=YES_NO, required=False, label="Cloud Connector active")
+    online = forms.ChoiceField(choices=YES_NO, required=False)
+
+    def __init__(self, *args, stores: QuerySet[Store], makes: list[str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["store"].queryset = stores
+        self.fields["make"].choices = [("", "All makes")] + [(make, make) for make in makes]
+
+
+class TerminalConfigForm(forms.Form):
+    """Which credential the terminal registers with, and where its CA file lies."""
+
+    credential = forms.ChoiceField(required=False, label="Credential")
+    ssl_profile_crt = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Location of the pem file on the device",
+        help_text="Optional: filled into ssl_profile_crt.",
+    )
+
+    def __init__(self, *args, pos: QuerySet[POS], applications: QuerySet[CloudApplication], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pos_by_key = {f"pos-{p.pk}": p for p in pos}
+        self.apps_by_key = {f"app-{a.pk}": a for a in applications}
+        choices = [(key, f"POS {p.name}") for key, p in self.pos_by_key.items()]
+        choices += [
+            (key, f"Application {a.name} (all devices of {a.merchant_aggregator})")
+            for key, a in self.apps_by_key.items()
+        ]
+        self.fields["credential"].choices = choices
+
+    def clean_ssl_profile_crt(self) -> str:
+        value = self.cleaned_data["ssl_profile_crt"]
+        if any(char in value for char in '"\n\r'):
+            raise forms.ValidationError("A file location may not contain quotes or line breaks.")
+        return value
+
+    def chosen(self) -> POS | CloudApplication | None:
+        key = self.cleaned_data.get("credential") if self.is_valid() else None
+        if not key and self.pos_by_key:
+            key = next(iter(self.pos_by_key))
+        elif not key and self.apps_by_key:
+            key = next(iter(self.apps_by_key))
+        return self.pos_by_key.get(key) or self.apps_by_key.get(key)
+
+
+class PortalAuthenticationForm(AuthenticationForm):
+    """The sign-in form; says plainly when repeated failures have locked sign-in."""
+
+    def clean(self) -> dict:
+        username = self.cleaned_data.get("username")
+        if username and login_locked(username=username, address=client_address(self.request)):
+            raise forms.ValidationError(
+                f"Too many failed sign-ins. Try again in {lockout_minutes()} minutes, or reset your password.",
+                code="throttled",
+            )
+        return super().clean()

@@ -1,0 +1,75 @@
+"""The ws_client block of a terminal's configuration file (the seed's "Authentication for
+the Device application" steps), for one credential."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.http import HttpRequest
+
+DEVICE_LISTENER_PATH = "/cloud-connector/v1/device-listener"
+SECRET_PLACEHOLDER = "<client secret shown when the POS was created>"
+CRT_PLACEHOLDER = "<location of the pem file on the device>"
+
+
+def public_ws_base(request: HttpRequest) -> str:
+    """ws(s)://host of this deployment, as terminals must reach it."""
+    configured = settings.CLOUD_CONNECTOR.get("PUBLIC_WS_URL", "")
+    if configured:
+        return configured.rstrip("/")
+    scheme = "wss" if request.is_secure() else "ws"
+    return f"{scheme}://{request.get_host()}"
+
+
+def device_listener_url(request: HttpRequest) -> str:
+    return public_ws_base(request) + DEVICE_LISTENER_PATH
+
+
+@dataclass(frozen=True)
+class TerminalConfig:
+    client_id: str
+    client_secret: str | None
+    register_url: str
+    ssl_profile_name: str
+    ssl_profile_crt: str
+
+    @property
+    def secret_known(self) -> bool:
+        return self.client_secret is not None
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.register_url.startswith("wss://")
+
+    @property
+    def custom_registration_data(self) -> str:
+        """The JSON object as a JSON string, escaped as the configuration file wants it."""
+        data = {"client_id": self.client_id, "client_secret": self.client_secret or SECRET_PLACEHOLDER}
+        return json.dumps(json.dumps(data, separators=(",", ":")))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(
+            [
+                "ws_client:",
+                f"  custom_registration_data: {self.custom_registration_data}",
+                f"  ep_register_url: {self.register_url}",
+                f"  enable_ssl: {1 if self.uses_tls else 0}",
+                f'  ssl_profile_name: "{self.ssl_profile_name}"',
+                f"  ssl_profile_crt: {self.ssl_profile_crt or CRT_PLACEHOLDER}",
+            ]
+        )
+
+
+def terminal_config(
+    *, request: HttpRequest, client_id: str, client_secret: str | None = None, ssl_profile_crt: str = ""
+) -> TerminalConfig:
+    return TerminalConfig(
+        client_id=client_id,
+        client_secret=client_secret,
+        register_url=device_listener_url(request),
+        ssl_profile_name=settings.CLOUD_CONNECTOR.get("SSL_PROFILE", "INGETRUST"),
+        ssl_profile_crt=ssl_profile_crt,
+    )

@@ -1,0 +1,83 @@
+"""What every portal view shares: sign-in, the caller's Principal, scoped fetching, and the
+translation of domain errors into answers (403 for a refused write, 404 for out of scope)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from urllib.parse import quote, urlsplit
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.db.models import Model, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.views.decorators.cache import never_cache
+
+from accounts.errors import NotAllowed, NotFound
+from accounts.scope import Level, Principal, principal_for_user
+
+READ_ONLY_MESSAGE = "Your role is read-only: you can look, but not change anything."
+
+
+def principal_of(request: HttpRequest) -> Principal:
+    if not hasattr(request, "_portal_principal"):
+        request._portal_principal = principal_for_user(request.user)
+    return request._portal_principal
+
+
+def _to_login(request: HttpRequest) -> HttpResponse:
+    if request.headers.get("HX-Request"):
+        # A polling fragment must not swap the login page into a table: make htmx reload
+        # the whole page at the sign-in form instead.
+        page = request.headers.get("HX-Current-URL") or "/"
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = f"{settings.LOGIN_URL}?next={quote(_path_of(page))}"
+        return response
+    return redirect(f"{settings.LOGIN_URL}?next={quote(request.get_full_path())}")
+
+
+def _path_of(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def portal_view(view: Callable) -> Callable:
+    """Sign-in required, never cached (pages may hold secrets), domain errors translated."""
+
+    @functools.wraps(view)
+    @never_cache
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return _to_login(request)
+        try:
+            return view(request, *args, **kwargs)
+        except NotAllowed as error:
+            raise PermissionDenied(error.message) from None
+        except NotFound:
+            raise Http404("Not found") from None
+
+    return wrapper
+
+
+def require_write(request: HttpRequest) -> Principal:
+    principal = principal_of(request)
+    if not principal.can_write:
+        raise PermissionDenied(READ_ONLY_MESSAGE)
+    return principal
+
+
+def require_level(request: HttpRequest, level: Level) -> Principal:
+    """Pages of a level (e.g. applications: merchant aggregators) answer 404 below it."""
+    principal = principal_of(request)
+    if principal.level > level:
+        raise Http404("Not found")
+    return principal
+
+
+def scoped_get(queryset: QuerySet, pk: int) -> Model:
+    """One object from a scope selector's queryset; out of scope is not found."""
+    obj = queryset.filter(pk=pk).first()
+    if obj is None:
+        raise Http404("Not found")
+    return obj
