@@ -1,0 +1,191 @@
+"""Shared personas and helpers of the relay's tests: a store with a usable terminal, its
+POS (the owner), a merchant-aggregator application (a member), and outsiders (a POS of
+another store of the same merchant, and a POS of another tenant)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+
+from accounts.models import POS, CloudApplication, Store
+from connector.models import Device
+from connector.routing import websocket_urlpatterns
+from tests.factories import StoreFactory, make_access_token, make_cloud_application, make_pos, make_usable_device
+from tests.hashing import FAST_HASHERS as FAST
+
+APP = URLRouter(websocket_urlpatterns)
+TIMEOUT = 5
+HOST = "testserver"
+
+
+@dataclass
+class World:
+    store: Store
+    device: Device
+    pos: POS
+    pos_token: str
+    app: CloudApplication
+    app_token: str
+    neighbour: POS  # same merchant, another store: the terminal is out of its scope
+    neighbour_token: str
+    stranger: POS  # another tenant
+    stranger_token: str
+
+    @property
+    def pos_credentials(self) -> dict[str, str]:
+        return {"client_id": self.pos.application.client_id, "client_secret": self.pos.client_secret}
+
+
+FAST_HASHERS = [*FAST, "django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+
+
+def fast_hashing(settings) -> None:
+    """Hash client secrets cheaply: these tests make many credentials and check secrets
+    often; the real hasher's cost is not what they test."""
+    settings.PASSWORD_HASHERS = FAST_HASHERS
+
+
+def make_world() -> World:
+    device = make_usable_device()
+    store = device.store
+    pos = make_pos(store=store)
+    app = make_cloud_application(merchant_aggregator=store.merchant.merchant_aggregator)
+    neighbour = make_pos(store=StoreFactory(merchant=store.merchant), name="Neighbour")
+    stranger = make_pos(store=StoreFactory(), name="Stranger")
+    return World(
+        store=store,
+        device=device,
+        pos=pos,
+        pos_token=make_access_token(pos.application),
+        app=app,
+        app_token=make_access_token(app.application),
+        neighbour=neighbour,
+        neighbour_token=make_access_token(neighbour.application),
+        stranger=stranger,
+        stranger_token=make_access_token(stranger.application),
+    )
+
+
+def communicator(
+    path: str,
+    *,
+    token: str | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    client: tuple[str, int] = ("192.0.2.10", 40000),
+) -> WebsocketCommunicator:
+    all_headers = [(b"host", HOST.encode())] + list(headers or [])
+    if token is not None:
+        all_headers.append((b"authorization", f"Bearer {token}".encode()))
+    comm = WebsocketCommunicator(APP, path, headers=all_headers)
+    comm.scope["client"] = list(client)
+    comm.scope["server"] = ["127.0.0.1", 80]
+    return comm
+
+
+def local_path(url: str) -> str:
+    """The path of a ws:// URL handed out by the server."""
+    prefix = f"ws://{HOST}"
+    assert url.startswith(prefix), url
+    return url[len(prefix) :]
+
+
+async def expect_close(comm: WebsocketCommunicator, code: int) -> None:
+    """The server closes the socket with `code`; the client side then hangs up."""
+    message = await comm.receive_output(TIMEOUT)
+    assert message == {"type": "websocket.close", "code": code}, message
+    await comm.send_input({"type": "websocket.disconnect", "code": code})
+    await comm.wait(TIMEOUT)
+
+
+async def refused_with(comm: WebsocketCommunicator, code: int) -> None:
+    """Accepted, then closed with `code`: how every refusal of the contract looks."""
+    connected, _ = await comm.connect(TIMEOUT)
+    assert connected
+    await expect_close(comm, code)
+
+
+async def opened(comm: WebsocketCommunicator) -> WebsocketCommunicator:
+    connected, _ = await comm.connect(TIMEOUT)
+    assert connected
+    assert await comm.receive_nothing(0.05), "the socket was closed right after opening"
+    return comm
+
+
+async def hang_up(comm: WebsocketCommunicator) -> None:
+    await comm.disconnect(1000, TIMEOUT)
+
+
+def request(resource: dict[str, Any], flow_id: str = "1") -> str:
+    return json.dumps({"request": {"flow_id": flow_id, "resource": resource}})
+
+
+async def register(
+    tsn: str,
+    credentials: dict | str | None = None,
+    *,
+    endpoints: list[str] | None = None,
+    token: str | None = None,
+    client: tuple[str, int] = ("192.0.2.10", 40000),
+) -> dict[str, Any]:
+    """One registration on device-listener; returns the response resource (the socket is
+    closed with 1000 afterwards, as the contract says)."""
+    resource: dict[str, Any] = {"tsn": tsn}
+    if endpoints is not None:
+        resource["endpoints"] = endpoints
+    if credentials is not None:
+        resource["custom_registration_data"] = credentials
+    comm = communicator("/cloud-connector/v1/device-listener", token=token, client=client)
+    await opened(comm)
+    await comm.send_to(text_data=request(resource))
+    answer = json.loads(await comm.receive_from(TIMEOUT))
+    await expect_close(comm, 1000)
+    assert answer["response"]["flow_id"] == "1"
+    return answer["response"]["resource"]
+
+
+async def device_socket(registration: dict[str, Any], endpoint: str = "/") -> WebsocketCommunicator:
+    url = registration["connection_url"] + ("" if endpoint == "/" else endpoint)
+    header = registration["authorization_header"]["Authorization"]
+    comm = communicator(local_path(url), headers=[(b"authorization", header.encode())])
+    return await opened(comm)
+
+
+class Listener:
+    """A pos-listener socket with request/response helpers."""
+
+    def __init__(self, comm: WebsocketCommunicator) -> None:
+        self.comm = comm
+        self.flow = 0
+
+    @classmethod
+    async def open(cls, token: str) -> Listener:
+        return cls(await opened(communicator("/cloud-connector/v1/pos-listener", token=token)))
+
+    async def ask(self, resource: dict[str, Any]) -> dict[str, Any]:
+        self.flow += 1
+        await self.comm.send_to(text_data=request(resource, flow_id=f"f{self.flow}"))
+        while True:
+            message = json.loads(await self.comm.receive_from(TIMEOUT))
+            if "response" in message:
+                assert message["response"]["flow_id"] == f"f{self.flow}"
+                return message["response"]["resource"]
+
+    async def claim(self, tsn: str, force: bool = False) -> dict[str, Any]:
+        return await self.ask({"action": "claim", "tsn": tsn, "force": force})
+
+    async def event(self) -> dict[str, Any]:
+        message = json.loads(await self.comm.receive_from(TIMEOUT))
+        assert "event" in message, message
+        return message["event"]["resource"]
+
+    async def close(self) -> None:
+        await hang_up(self.comm)
+
+
+async def session_socket(claim: dict[str, Any], token: str, endpoint: str = "/") -> WebsocketCommunicator:
+    url = claim["session_url"] + ("" if endpoint == "/" else endpoint)
+    return await opened(communicator(local_path(url), token=token))

@@ -1,0 +1,274 @@
+"""The relay's channel layer (connector.relay.RedisChannelLayer) on a redis-server of its own:
+its batched receive delivers every message to its socket's channel, in order, takes a
+burst in a few round trips instead of one per message, and loses nothing when a receive
+is cancelled after taking a batch. (Redis restarts: test_redis_restart.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import redis.exceptions
+from channels.exceptions import ChannelFull
+
+from connector import relay
+from connector.relay import RECEIVE_BATCH, LayerUnavailable, RedisChannelLayer
+from tests.live import REDIS_SERVER, PrivateRedis, run_bounded
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs redis-server")
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@asynccontextmanager
+async def two_layers(url: str) -> AsyncIterator[tuple[RedisChannelLayer, RedisChannelLayer]]:
+    """A sending and a receiving process's layers, as the settings configure them."""
+    sender, receiver = (RedisChannelLayer(hosts=[{"address": url}], capacity=1000, expiry=60) for _ in range(2))
+    try:
+        # The scripts loaded, as after a first use (EVAL); the receiver's reader task starts
+        # with its first receive, so that a test can queue messages before it reads.
+        for script in relay._SCRIPT_SHAS:
+            await sender.connection(0).script_load(script)
+        yield sender, receiver
+    finally:
+        await sender.close_pools()
+        await receiver.close_pools()
+
+
+def counting_pops(receiver: RedisChannelLayer) -> list[int]:
+    """Record the size of each batch the receiver takes off Redis."""
+    sizes: list[int] = []
+    original = receiver._pop_batch
+
+    async def pop_batch(index: int, channel_key: str) -> list[bytes]:
+        members = await original(index, channel_key)
+        if members:
+            sizes.append(len(members))
+        return members
+
+    receiver._pop_batch = pop_batch
+    return sizes
+
+
+def test_a_burst_for_many_sockets_arrives_in_order_in_a_few_round_trips(redis_url):
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            channels = [await receiver.new_channel() for _ in range(5)]
+            total = 3 * RECEIVE_BATCH
+            for n in range(total):
+                await sender.send(channels[n % 5], {"type": "frame", "n": n})
+            batches = counting_pops(receiver)
+            received: dict[str, list[int]] = {channel: [] for channel in channels}
+
+            async def read(channel: str) -> None:
+                for _ in range(total // 5):
+                    received[channel].append((await receiver.receive(channel))["n"])
+
+            await asyncio.gather(*(read(channel) for channel in channels))
+            assert received == {channel: list(range(i, total, 5)) for i, channel in enumerate(channels)}
+            assert sum(batches) == total
+            assert len(batches) <= 6, batches  # one message per round trip would be 300
+
+    run_bounded(scenario(), timeout=60)
+
+
+def breaking_eval(
+    monkeypatch, layer: RedisChannelLayer, channel: str, *, error: BaseException, after: bool, call: int = 1
+) -> list:
+    """The layer's `call`-th script run fails with `error`, raised after Redis ran it (the
+    answer was lost) or before (it never arrived); the others run as usual. Returns the
+    list of runs."""
+    connection = layer.connection(layer.consistent_hash(channel))
+    real_eval = connection.evalsha
+    runs: list = []
+
+    async def eval_broken_once(*args):
+        runs.append(args)
+        if len(runs) != call:
+            return await real_eval(*args)
+        if after:
+            await real_eval(*args)
+        raise error
+
+    monkeypatch.setattr(connection, "evalsha", eval_broken_once)
+    return runs
+
+
+async def nothing_more(layer: RedisChannelLayer, channel: str) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), 0.5)
+
+
+def test_a_batch_whose_reader_was_cancelled_as_redis_answered_is_received_once(redis_url, monkeypatch):
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            channel = await receiver.new_channel()
+            for n in range(3):
+                await sender.send(channel, {"type": "frame", "n": n})
+            # The reader is cancelled (the process stops its layer) while it waits for the
+            # batch Redis has just taken: the batch is in the backup queue only.
+            breaking_eval(monkeypatch, receiver, channel, error=asyncio.CancelledError(), after=True)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(receiver.receive(channel), 0.5)
+            # The next receive starts a new reader, whose first take puts the batch back.
+            assert [(await receiver.receive(channel))["n"] for _ in range(3)] == [0, 1, 2]
+            await nothing_more(receiver, channel)
+
+    run_bounded(scenario(), timeout=60)
+
+
+def test_a_buffered_batch_is_not_received_again_after_a_failed_take(redis_url, monkeypatch):
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            channel = await receiver.new_channel()
+            for n in range(3):
+                await sender.send(channel, {"type": "frame", "n": n})
+            # The reader's first take gets the batch; its second never reaches Redis; the
+            # third must drop, not restore, the batch already buffered.
+            runs = breaking_eval(
+                monkeypatch, receiver, channel, error=redis.exceptions.ConnectionError("refused"), after=False, call=2
+            )
+            assert [(await receiver.receive(channel))["n"] for _ in range(3)] == [0, 1, 2]
+            await nothing_more(receiver, channel)
+            assert len(runs) >= 3
+            await sender.send(channel, {"type": "frame", "n": 3})
+            assert (await receiver.receive(channel))["n"] == 3
+
+    run_bounded(scenario(), timeout=60)
+
+
+def test_a_receive_waits_for_the_next_message_when_nothing_is_queued(redis_url):
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            channel = await receiver.new_channel()
+            waiting = asyncio.ensure_future(receiver.receive(channel))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            await sender.send(channel, {"type": "frame", "n": 1})
+            assert (await asyncio.wait_for(waiting, 10))["n"] == 1
+
+    run_bounded(scenario(), timeout=60)
+
+
+def test_a_send_whose_connection_broke_after_queueing_is_not_queued_twice(redis_url, monkeypatch):
+    # The reply to the queueing script is lost: the send tries again, and the script knows
+    # the send by its id. A payment request must not reach a terminal twice.
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            channel = await receiver.new_channel()
+            real_execute = sender._execute_sends
+            calls, received = [], []
+
+            async def execute_then_break(connection, batch):
+                calls.append(len(batch))
+                results = await real_execute(connection, batch)
+                if len(calls) == 1:
+                    # Received before the sender hears anything: Redis no longer holds it.
+                    received.append(await receiver.receive(channel))
+                    raise redis.exceptions.ConnectionError("Connection closed by server.")
+                return results
+
+            monkeypatch.setattr(sender, "_execute_sends", execute_then_break)
+            await sender.send(channel, {"type": "frame", "n": 1})
+            assert len(calls) == 2
+            assert [message["n"] for message in received] == [1]
+            await nothing_more(receiver, channel)
+
+    run_bounded(scenario(), timeout=60)
+
+
+def test_a_send_past_the_capacity_is_refused(redis_url):
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            sender.capacity = 3
+            channel = await receiver.new_channel()
+            for n in range(3):
+                await sender.send(channel, {"type": "frame", "n": n})
+            with pytest.raises(ChannelFull):
+                await sender.send(channel, {"type": "frame", "n": 3})
+            assert [(await receiver.receive(channel))["n"] for _ in range(3)] == [0, 1, 2]
+
+    run_bounded(scenario(), timeout=60)
+
+
+def test_the_scripts_are_loaded_again_when_redis_forgot_them(redis_url):
+    # A restarted Redis has no scripts: EVALSHA fails with NOSCRIPT and the layer runs EVAL.
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            channel = await receiver.new_channel()
+            await sender.connection(0).script_flush()
+            await sender.send(channel, {"type": "frame", "n": 1})
+            assert (await receiver.receive(channel))["n"] == 1
+            # The reader ran its script again before it waited for this one.
+            await sender.send(channel, {"type": "frame", "n": 2})
+            assert (await receiver.receive(channel))["n"] == 2
+            assert await sender.connection(0).script_exists(*relay._SCRIPT_SHAS.values()) == [True, True]
+
+    run_bounded(scenario(), timeout=60)
+
+
+def test_sends_made_together_share_a_round_trip_and_keep_each_senders_order(redis_url, monkeypatch):
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            channels = [await receiver.new_channel() for _ in range(5)]
+            real_execute = sender._execute_sends
+            pipelines = []
+
+            async def counting_execute(connection, batch):
+                pipelines.append(len(batch))
+                return await real_execute(connection, batch)
+
+            monkeypatch.setattr(sender, "_execute_sends", counting_execute)
+
+            async def one_socket(channel: str) -> None:  # each frame awaited, as a consumer does
+                for n in range(40):
+                    await sender.send(channel, {"type": "frame", "n": n})
+
+            await asyncio.gather(*(one_socket(channel) for channel in channels))
+            assert sum(pipelines) == 200
+            assert len(pipelines) <= 60, pipelines  # 200 round trips one by one
+            for channel in channels:
+                assert [(await receiver.receive(channel))["n"] for _ in range(40)] == list(range(40))
+
+    run_bounded(scenario(), timeout=60)
+
+
+def test_an_unreadable_message_is_dropped_alone(redis_url):
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            channel = await receiver.new_channel()
+            await sender.send(channel, {"type": "frame", "n": 1})
+            key = receiver.prefix + receiver.non_local_name(channel)
+            await sender.connection(0).zadd(key, {b"not msgpack at all": time.time()})
+            await sender.send(channel, {"type": "frame", "n": 2})
+            assert [(await receiver.receive(channel))["n"] for _ in range(2)] == [1, 2]
+
+    run_bounded(scenario(), timeout=60)
+
+
+def test_a_send_to_a_redis_that_stopped_answering_gives_up_after_the_send_wait(redis_url, monkeypatch):
+    # Connections open, no answer: the send must not wait for the 15 s socket timeout.
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            channel = await receiver.new_channel()
+
+            async def never_answers(connection, batch):
+                await asyncio.sleep(3600)
+
+            monkeypatch.setattr(sender, "_execute_sends", never_answers)
+            with pytest.raises(LayerUnavailable):  # after SEND_WAIT (3 s), not never
+                await sender.send(channel, {"type": "frame", "n": 1})
+
+    run_bounded(scenario(), timeout=30)

@@ -1,0 +1,157 @@
+"""portal/settings.py is read at import, so each case runs Django in a subprocess with an
+explicit environment and reads back what it configured."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STRONG_KEY = "k" * 20 + "-production-secret-key-0123456789"
+
+DUMP = """
+import json, django
+django.setup()
+from django.conf import settings as s
+print(json.dumps({
+    "DEBUG": s.DEBUG,
+    "ENGINE": s.DATABASES["default"]["ENGINE"],
+    "DB": {k: s.DATABASES["default"].get(k) for k in ("NAME", "HOST", "PORT", "USER")},
+    "LAYER": s.CHANNEL_LAYERS["default"]["BACKEND"],
+    "LAYER_HOSTS": s.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("hosts"),
+    "ALLOWED_HOSTS": s.ALLOWED_HOSTS,
+    "SECRET_KEY": s.SECRET_KEY,
+    "SESSION_COOKIE_SECURE": s.SESSION_COOKIE_SECURE,
+    "CSRF_COOKIE_SECURE": s.CSRF_COOKIE_SECURE,
+    "SECURE_HSTS_SECONDS": s.SECURE_HSTS_SECONDS,
+    "SECURE_SSL_REDIRECT": s.SECURE_SSL_REDIRECT,
+    "SECURE_PROXY_SSL_HEADER": s.SECURE_PROXY_SSL_HEADER,
+    "JWT_LIFETIME": s.CLOUD_CONNECTOR["JWT_LIFETIME"],
+}))
+"""
+
+
+def clean_env(**variables: str) -> dict[str, str]:
+    """Nothing of the test process's environment (no DATABASE_URL, REDIS_URL, DEBUG...)."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        **variables,
+    }
+
+
+def run(args: list[str], **variables: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=clean_env(**variables), capture_output=True, text=True, timeout=120
+    )
+
+
+def configured(**variables: str) -> dict:
+    process = run(["-c", DUMP], **variables)
+    assert process.returncode == 0, process.stderr
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def refusal(**variables: str) -> str:
+    """The error that stops Django from starting."""
+    process = run(["-c", DUMP], **variables)
+    assert process.returncode != 0, process.stdout
+    return process.stderr.strip().splitlines()[-1]
+
+
+def test_the_embedded_default_boots_with_no_environment():
+    settings = configured()
+    assert settings["DEBUG"] is True
+    assert settings["ENGINE"] == "django.db.backends.sqlite3"
+    assert settings["DB"]["NAME"] == str(ROOT / "db.sqlite3")
+    assert settings["LAYER"] == "channels.layers.InMemoryChannelLayer"
+    assert "127.0.0.1" in settings["ALLOWED_HOSTS"]
+    assert len(settings["SECRET_KEY"]) >= 32
+    assert settings["SESSION_COOKIE_SECURE"] is False
+
+
+def test_manage_py_check_passes_with_no_environment():
+    process = run(["manage.py", "check"])
+    assert process.returncode == 0, process.stderr
+    assert "System check identified no issues" in process.stdout
+
+
+def test_production_mode_refuses_to_start_without_a_secret_key():
+    assert refusal(DEBUG="0") == "django.core.exceptions.ImproperlyConfigured: SECRET_KEY must be set when DEBUG is off"
+
+
+def test_production_mode_refuses_a_weak_secret_key():
+    assert "SECRET_KEY is too weak for production" in refusal(DEBUG="false", SECRET_KEY="short")
+    assert "SECRET_KEY is too weak for production" in refusal(DEBUG="false", SECRET_KEY="django-insecure-" + "x" * 40)
+
+
+def test_production_mode_turns_on_secure_cookies_hsts_and_the_proxy_header():
+    settings = configured(DEBUG="0", SECRET_KEY=STRONG_KEY)
+    assert settings["DEBUG"] is False
+    assert settings["SECRET_KEY"] == STRONG_KEY
+    assert settings["SESSION_COOKIE_SECURE"] is True
+    assert settings["CSRF_COOKIE_SECURE"] is True
+    assert settings["SECURE_HSTS_SECONDS"] == 31536000
+    assert settings["SECURE_SSL_REDIRECT"] is True
+    assert settings["SECURE_PROXY_SSL_HEADER"] == ["HTTP_X_FORWARDED_PROTO", "https"]
+    assert settings["ALLOWED_HOSTS"] == []
+
+
+def test_production_mode_passes_the_deployment_checks():
+    process = run(
+        ["manage.py", "check", "--deploy", "--fail-level", "ERROR"],
+        DEBUG="0",
+        SECRET_KEY=STRONG_KEY,
+        ALLOWED_HOSTS="cc.example.com",
+    )
+    assert process.returncode == 0, process.stderr + process.stdout
+    # Every warning of every app counts; only HSTS preloading is left to the operator, a
+    # decision per domain that cannot be undone quickly.
+    issues = set(re.findall(r"\(([a-z0-9_]+\.[EW]\d+)\)", process.stdout + process.stderr))
+    assert issues <= {"security.W021"}
+
+
+def test_the_secret_key_may_come_from_a_file(tmp_path):
+    key_file = tmp_path / "secret"
+    key_file.write_text(STRONG_KEY + "\n")
+    assert configured(DEBUG="0", SECRET_KEY_FILE=str(key_file))["SECRET_KEY"] == STRONG_KEY
+
+
+def test_database_url_switches_to_postgresql():
+    settings = configured(DATABASE_URL="postgres://cc:pw@db.example.com:5433/cloudconnector")
+    assert settings["ENGINE"] == "django.db.backends.postgresql"
+    assert settings["DB"] == {"NAME": "cloudconnector", "HOST": "db.example.com", "PORT": 5433, "USER": "cc"}
+
+
+def test_redis_url_switches_to_the_redis_channel_layer():
+    settings = configured(REDIS_URL="redis://127.0.0.1:6379/3")
+    assert settings["LAYER"] == "connector.relay.RedisChannelLayer"  # channels_redis's, restart-proof
+    # The read timeout outlasts channels_redis's 5 s blocking pop (redis-py 8 defaults to 5 s).
+    assert settings["LAYER_HOSTS"] == [
+        {"address": "redis://127.0.0.1:6379/3", "socket_timeout": 15, "max_connections": 2000}
+    ]
+
+
+def test_allowed_hosts_is_a_comma_separated_list():
+    settings = configured(DEBUG="0", SECRET_KEY=STRONG_KEY, ALLOWED_HOSTS=" cc.example.com, api.example.com ,")
+    assert settings["ALLOWED_HOSTS"] == ["cc.example.com", "api.example.com"]
+
+
+@pytest.mark.parametrize(("value", "debug"), [("1", True), ("yes", True), ("ON", True), ("off", False), ("No", False)])
+def test_debug_understands_the_usual_booleans(value, debug):
+    assert configured(DEBUG=value, SECRET_KEY=STRONG_KEY)["DEBUG"] is debug
+
+
+def test_a_bad_debug_value_is_a_clear_error():
+    assert refusal(DEBUG="maybe") == "django.core.exceptions.ImproperlyConfigured: DEBUG must be a boolean, not 'maybe'"
+
+
+def test_a_bad_integer_is_a_clear_error():
+    assert refusal(CC_JWT_LIFETIME="soon").endswith("CC_JWT_LIFETIME must be an integer, not 'soon'")
