@@ -1,0 +1,348 @@
+"""What every benchmark shares: server processes, the demo data, the protocol steps of a
+terminal and a POS, and the report's machine, versions and marked sections."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import resource
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from base64 import b64encode
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+from websockets.asyncio.client import connect
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from loadgen import Pair  # noqa: E402
+
+from portal.serve import worker_command  # noqa: E402
+
+MAX_SIZE = 2**21
+REPORT = ROOT / "docs" / "benchmarks.md"
+DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/cc_bench")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/8")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_listening(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def raise_fd_limit() -> int:
+    """Thousands of sockets: the load generator and the servers it starts inherit this."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return wanted
+
+
+# --- servers -------------------------------------------------------------------------------
+
+
+BENCH_SECRET_KEY = secrets.token_urlsafe(48)
+
+
+def server_env(settings: str = "portal.settings", *, port: int | None = None) -> dict[str, str]:
+    """Cloud Connector on PostgreSQL and Redis in production mode, as docs/deploy.md runs
+    it, except that no TLS proxy stands in front: plain ws:// and http:// on 127.0.0.1."""
+    env = {**os.environ, "DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL, "LOG_LEVEL": "WARNING"}
+    env.setdefault("DB_CONN_MAX_AGE", "60")  # docs/deploy.md recommends persistent connections
+    env.update(DEBUG="false", SECRET_KEY=BENCH_SECRET_KEY, ALLOWED_HOSTS="127.0.0.1", SECURE_SSL_REDIRECT="false")
+    if port is not None:
+        env["CC_PUBLIC_WS_URL"] = f"ws://127.0.0.1:{port}"
+    env["DJANGO_SETTINGS_MODULE"] = settings
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "bench"), str(ROOT)])
+    env.pop("SQLITE_PATH", None)
+    return env
+
+
+def server_command(kind: str, port: int) -> list[str]:
+    if kind == "plain":
+        return [sys.executable, str(ROOT / "bench" / "plain_relay.py"), "--port", str(port)]
+    if kind == "daphne":
+        daphne = [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port)]
+        return [*daphne, "portal.asgi:application"]
+    # uvicorn: exactly the worker `make serve` runs (portal/serve.py), without its access log.
+    return [*worker_command("127.0.0.1", port), "--log-level", "warning", "--no-access-log"]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    port: int
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+def start(kind: str, settings: str = "portal.settings") -> Server:
+    port = free_port()
+    env = server_env(settings, port=port)
+    process = subprocess.Popen(server_command(kind, port), cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    wait_listening(port, process)
+    return Server(process, port)
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Demo:
+    domain: str
+    client_id: str
+    client_secret: str
+    tsns: list[str]
+
+
+def fresh_backends(devices: int) -> Demo:
+    """Drop and create the benchmark's database, flush its Redis database, migrate, and fill
+    it through the service functions: one store with `devices` terminals and one POS."""
+    name = DATABASE_URL.rsplit("/", 1)[1]
+    admin = DATABASE_URL.rsplit("/", 1)[0] + "/postgres"
+    subprocess.run(["psql", "-q", admin, "-c", f"DROP DATABASE IF EXISTS {name}"], check=True)
+    subprocess.run(["psql", "-q", admin, "-c", f"CREATE DATABASE {name}"], check=True)
+    db = REDIS_URL.rsplit("/", 1)[1]
+    subprocess.run(
+        ["redis-cli", "-u", REDIS_URL.rsplit("/", 1)[0], "-n", db, "flushdb"], check=True, capture_output=True
+    )
+    env = server_env()
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+    script = f"""
+import json, django
+django.setup()
+from accounts import services as a
+from accounts.scope import SYSTEM
+from connector import services as c
+tenant = a.tenant_create(domain="bench", name="Bench", actor=SYSTEM)
+c.subscription_create(tenant=tenant, actor=SYSTEM)
+ma = a.merchant_aggregator_create(tenant=tenant, name="MA", actor=SYSTEM)
+merchant = a.merchant_create(merchant_aggregator=ma, name="Merchant", actor=SYSTEM)
+store = a.store_create(merchant=merchant, name="Store", actor=SYSTEM)
+tsns = [c.device_create(merchant=merchant, store=store, make="Bench", model="T1", serial=f"{{i:06d}}",
+                        actor=SYSTEM).tsn for i in range({devices})]
+c.service_activate(obj=ma, actor=SYSTEM)
+c.service_activate(obj=merchant, actor=SYSTEM)
+pos = a.pos_create(store=store, name="Bench POS", actor=SYSTEM)
+print(json.dumps({{"client_id": pos.client_id, "client_secret": pos.client_secret, "tsns": tsns}}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    ).stdout
+    data = json.loads(out.strip().splitlines()[-1])
+    return Demo(domain="bench", client_id=data["client_id"], client_secret=data["client_secret"], tsns=data["tsns"])
+
+
+class Tsns:
+    """Hands out terminals of the demo, each once, across the parts of a run."""
+
+    def __init__(self, demo: Demo) -> None:
+        self.left = list(reversed(demo.tsns))
+
+    def take(self, count: int) -> list[str]:
+        if count > len(self.left):
+            raise RuntimeError(f"the demo data has {len(self.left)} unused terminals left, {count} wanted")
+        return [self.left.pop() for _ in range(count)]
+
+
+# --- the protocol steps ------------------------------------------------------------------------
+
+
+def fetch_token(http_url: str, demo: Demo) -> str:
+    basic = b64encode(f"{demo.client_id}:{demo.client_secret}".encode()).decode()
+    request = urllib.request.Request(
+        f"{http_url}/oauth2/v1/{demo.domain}/token",
+        data=urllib.parse.urlencode({"grant_type": "client_credentials"}).encode(),
+        headers={"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)["access_token"]
+
+
+class Control:
+    """A control socket (device-listener or pos-listener) speaking the JSON envelope."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.flow = 0
+
+    async def request(self, resource: dict) -> dict:
+        self.flow += 1
+        flow_id = str(self.flow)
+        await self.ws.send(json.dumps({"request": {"flow_id": flow_id, "resource": resource}}))
+        while True:
+            message = json.loads(await self.ws.recv())
+            response = message.get("response")
+            if response and response.get("flow_id") == flow_id:
+                return response["resource"]
+
+
+async def register_device(ws_url: str, demo: Demo, tsn: str):
+    """Register on device-listener and open the device socket; returns the socket."""
+    async with connect(f"{ws_url}/cloud-connector/v1/device-listener", compression=None) as listener:
+        answer = await Control(listener).request(
+            {"tsn": tsn, "custom_registration_data": {"client_id": demo.client_id, "client_secret": demo.client_secret}}
+        )
+    if answer.get("status") != "ok":
+        raise RuntimeError(f"registration refused: {answer}")
+    return await connect(
+        answer["connection_url"],
+        additional_headers=answer["authorization_header"],
+        compression=None,
+        max_size=MAX_SIZE,
+        ping_interval=None,
+    )
+
+
+async def open_listener(ws_url: str, token: str):
+    return await connect(
+        f"{ws_url}/cloud-connector/v1/pos-listener",
+        additional_headers={"Authorization": f"Bearer {token}"},
+        compression=None,
+    )
+
+
+async def claim_session(pos: Control, token: str, tsn: str):
+    """Claim a terminal on a pos-listener and open the session socket the answer names."""
+    answer = await pos.request({"action": "claim", "tsn": tsn, "force": True})
+    if answer.get("status") != "ok":
+        raise RuntimeError(f"claim refused: {answer}")
+    return await connect(
+        answer["session_url"],
+        additional_headers={"Authorization": f"Bearer {token}"},
+        compression=None,
+        max_size=MAX_SIZE,
+        ping_interval=None,
+    )
+
+
+async def cloud_connector_pairs(
+    device_side: Server, pos_side: Server, demo: Demo, tsns: list[str]
+) -> tuple[list[Pair], object]:
+    """Terminals registered on `device_side`, claimed and opened through `pos_side` (the
+    session URL names the server that answered the claim)."""
+    token = await asyncio.to_thread(fetch_token, pos_side.http, demo)
+    listener = await open_listener(pos_side.ws, token)
+    pos = Control(listener)
+    pairs = []
+    for tsn in tsns:
+        device = await register_device(device_side.ws, demo, tsn)
+        pairs.append(Pair(pos=await claim_session(pos, token, tsn), device=device))
+    return pairs, listener
+
+
+async def plain_pairs(server: Server, count: int) -> tuple[list[Pair], None]:
+    pairs = []
+    for i in range(count):
+        options = {"compression": None, "max_size": MAX_SIZE, "ping_interval": None}
+        device = await connect(f"{server.ws}/device/{i}", **options)
+        pos = await connect(f"{server.ws}/pos/{i}", **options)
+        pairs.append(Pair(pos=pos, device=device))
+    await asyncio.sleep(0.2)
+    return pairs, None
+
+
+async def close_pairs(pairs: list[Pair], extra=None) -> None:
+    for pair in pairs:
+        await pair.pos.close()
+        await pair.device.close()
+    if extra is not None:
+        await extra.close()
+    await asyncio.sleep(0.5)
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+def versions() -> str:
+    names = ["Django", "channels", "daphne", "uvicorn", "uvloop", "websockets", "channels-redis", "redis", "psycopg"]
+    return ", ".join(f"{name} {version(name)}" for name in names)
+
+
+def backends() -> str:
+    def run(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    postgres = run(["psql", "-tA", DATABASE_URL.rsplit("/", 1)[0] + "/postgres", "-c", "show server_version"])
+    info = run(["redis-cli", "-u", REDIS_URL, "info", "server"]).splitlines()
+    redis = next((line.split(":", 1)[1].strip() for line in info if line.startswith("redis_version:")), "?")
+    return f"PostgreSQL {postgres.strip() or '?'} and Redis {redis}, on the same machine"
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def write_section(name: str, body: list[str]) -> None:
+    """Replace (or append) the section between `<!-- name:start -->` and `<!-- name:end -->`."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    section = start + "\n" + "\n".join(body).strip() + "\n" + end
+    text = REPORT.read_text() if REPORT.exists() else "# Benchmarks\n\n"
+    if start in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    REPORT.write_text(text)

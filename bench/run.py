@@ -1,0 +1,266 @@
+"""Cloud Connector benchmarks, next to a plain `websockets` relay measured in the same run.
+
+    make bench     (or: .venv/bin/python bench/run.py [--seconds 5] [--parts frame,cross,one]
+                        [--terminals 5000] [--live 1000] [--no-write])
+
+Needs PostgreSQL and Redis (`make bench` starts them when they are down): BENCH_DATABASE_URL
+(default postgres://postgres@127.0.0.1:5432/cc_bench, dropped and created afresh) and
+BENCH_REDIS_URL (default redis://127.0.0.1:6379/8, flushed). Every server is its own process
+on 127.0.0.1, started as `make serve` starts its workers (portal/serve.py); this process is
+the load generator (bench/loadgen.py) for every target.
+
+Parts:
+- `frame`: one process, the frame path: the plain relay (bench/plain_relay.py), Cloud
+  Connector under uvicorn and under daphne; closed-loop round trips for 1 and 50 pairs,
+  100-byte and 16 KiB frames.
+- `cross` and `one`: see bench/scale.py (two processes through Redis; sessions set up per
+  second, disabling with live sessions, and memory per idle terminal on one process).
+
+Prints each table and the targets of issue 6 with what was measured, and writes them into
+the marked sections of docs/benchmarks.md with the machine, the versions and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import scale  # noqa: E402
+from common import (  # noqa: E402
+    Demo,
+    Tsns,
+    backends,
+    close_pairs,
+    cloud_connector_pairs,
+    fresh_backends,
+    machine,
+    now,
+    plain_pairs,
+    raise_fd_limit,
+    start,
+    versions,
+    write_section,
+)
+from loadgen import Result, round_trips  # noqa: E402
+
+SCENARIOS = [(1, 100), (50, 100), (1, 16384), (50, 16384)]
+FRAME_TARGETS = ["plain", "uvicorn", "daphne"]
+PLAIN_CROSS = "plain relay (one process)"
+CHOSEN_LAYER = "uvicorn x2, RedisChannelLayer"
+
+
+# --- frame path, one process -------------------------------------------------------------------
+
+
+async def _frame(kind: str, demo: Demo, tsns: list[str], seconds: float) -> dict[tuple[int, int], Result]:
+    server = start(kind)
+    try:
+        results = {}
+        for pairs_wanted, size in SCENARIOS:
+            if kind == "plain":
+                pairs, extra = await plain_pairs(server, pairs_wanted)
+            else:
+                pairs, extra = await cloud_connector_pairs(server, server, demo, tsns[:pairs_wanted])
+            results[(pairs_wanted, size)] = await round_trips(pairs, size=size, seconds=seconds)
+            await close_pairs(pairs, extra)
+        return results
+    finally:
+        server.stop()
+
+
+def frame_path(demo: Demo, tsns: Tsns, seconds: float) -> dict[str, dict[tuple[int, int], Result]]:
+    results = {}
+    for kind in FRAME_TARGETS:
+        print(f"  {kind}", flush=True)
+        wanted = [] if kind == "plain" else tsns.take(max(p for p, _ in SCENARIOS))
+        results[kind] = asyncio.run(_frame(kind, demo, wanted, seconds))
+    return results
+
+
+def frame_table(results: dict[str, dict[tuple[int, int], Result]]) -> list[str]:
+    lines = [
+        "| pairs | frame | server | round trips/s | p50 ms | p99 ms | vs plain (rt/s) | vs plain (p50) |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for key in SCENARIOS:
+        base = results["plain"][key]
+        for kind, by_key in results.items():
+            r = by_key[key]
+            lines.append(
+                f"| {key[0]} | {key[1]:,} B | {kind} | {r.per_second:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+                f"{r.per_second / base.per_second:.2f} | {r.p50_ms / base.p50_ms:.2f} |"
+            )
+    return lines
+
+
+def cross_table(results: dict[str, dict[int, Result]]) -> list[str]:
+    lines = ["| pairs | target | round trips/s | p50 ms | p99 ms | vs plain (rt/s) |", "|---:|---|---:|---:|---:|---:|"]
+    for count in scale.CROSS_PAIRS:
+        base = results[PLAIN_CROSS][count]
+        for name, by_count in results.items():
+            r = by_count[count]
+            lines.append(
+                f"| {count} | {name} | {r.per_second:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+                f"{r.per_second / base.per_second:.2f} |"
+            )
+    return lines
+
+
+def one_process_lines(r: scale.OneProcess) -> list[str]:
+    steps = ", ".join(f"{name} {ms:.1f} ms" for name, ms in r.steps_ms.items())
+    delays = ", ".join(f"{d * 1000:.0f} ms" for d in r.disable_seconds)
+    ran_out = " (the pool of terminals ran out before the time was up)" if r.pool_ran_out else ""
+    return [
+        f"- Sessions set up: {r.sessions_per_second:.1f}/s ({r.sessions} sessions, "
+        f"{scale.SESSION_WORKERS} at a time{ran_out}). Median per step: {steps}.",
+        f"- {r.live} live device sessions on the process (terminals connected at {r.terminals_per_second:.0f}/s); "
+        f"disabling a device to both of its sockets closed: {delays}.",
+        f"- {r.terminals:,} idle terminals connected (of {r.terminals_wanted:,} wanted): RSS "
+        f"{r.rss_baseline_kib / 1024:.0f} MiB → {r.rss_kib / 1024:.0f} MiB, {r.kib_per_terminal:.1f} KiB per terminal.",
+    ]
+
+
+# --- the targets -----------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    goal: str
+    measured: str
+    met: bool
+
+
+def targets(frame, cross, one: scale.OneProcess | None) -> list[Target]:
+    rows = []
+    if frame:
+        plain, ours = frame["plain"][(50, 100)], frame["uvicorn"][(50, 100)]
+        ratio = ours.per_second / plain.per_second
+        rows.append(
+            Target(
+                "one process, 50 pairs, 100 B: round trips/s",
+                "≥ 0.8 × plain",
+                f"{ratio:.2f} × ({ours.per_second:,.0f} vs {plain.per_second:,.0f}/s)",
+                ratio >= 0.8,
+            )
+        )
+        p50 = ours.p50_ms / plain.p50_ms
+        rows.append(
+            Target(
+                "one process, 50 pairs, 100 B: p50 round trip",
+                "≤ 1.5 × plain",
+                f"{p50:.2f} × ({ours.p50_ms:.2f} vs {plain.p50_ms:.2f} ms)",
+                p50 <= 1.5,
+            )
+        )
+    if cross:
+        for count in scale.CROSS_PAIRS:
+            plain, ours = cross[PLAIN_CROSS][count], cross[CHOSEN_LAYER][count]
+            ratio = ours.per_second / plain.per_second
+            rows.append(
+                Target(
+                    f"two processes through Redis, {count} pair{'s' if count > 1 else ''}: round trips/s",
+                    "≥ 0.3 × plain",
+                    f"{ratio:.2f} × ({ours.per_second:,.0f} vs {plain.per_second:,.0f}/s)",
+                    ratio >= 0.3,
+                )
+            )
+    if one:
+        full = one.terminals >= one.terminals_wanted
+        rows.append(
+            Target(
+                f"memory per idle connected terminal, {one.terminals_wanted:,} terminals",
+                "≤ 40 KiB",
+                f"{one.kib_per_terminal:.1f} KiB ({one.terminals:,} connected)",
+                one.kib_per_terminal <= 40 and full,
+            )
+        )
+        rows.append(
+            Target(
+                "sessions set up per second, one process",
+                "≥ 100/s",
+                f"{one.sessions_per_second:.1f}/s",
+                one.sessions_per_second >= 100,
+            )
+        )
+        worst = max(one.disable_seconds) if one.disable_seconds else float("inf")
+        rows.append(
+            Target(
+                f"disable → all sockets closed, {one.live:,} live sessions",
+                "≤ 1 s",
+                f"worst {worst * 1000:.0f} ms of {len(one.disable_seconds)}",
+                worst <= 1 and one.live >= 1000,
+            )
+        )
+    return rows
+
+
+def targets_table(rows: list[Target]) -> list[str]:
+    lines = ["| target | goal | measured | |", "|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row.name} | {row.goal} | {row.measured} | {'met' if row.met else '**missed**'} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per round-trip scenario")
+    parser.add_argument("--parts", default="frame,cross,one")
+    parser.add_argument("--terminals", type=int, default=5000, help="idle terminals for the memory figure")
+    parser.add_argument("--live", type=int, default=1000, help="live sessions while devices are disabled")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    print(f"file descriptors: {raise_fd_limit()}", flush=True)
+    print("preparing PostgreSQL and Redis...", flush=True)
+    demo = fresh_backends(devices=2 * 50 + scale.devices_needed(args.terminals, args.live))
+    tsns = Tsns(demo)
+    header = [
+        f"- Run: {now()}, `bench/run.py --seconds {args.seconds:g} --terminals {args.terminals} --live {args.live}`",
+        f"- Machine: {machine()}",
+        f"- Versions: {versions()}",
+        f"- Backends: {backends()}",
+        "- Servers: uvicorn as `make serve` runs it (portal/serve.py: uvloop, websockets sans-I/O, no "
+        "compression); daphne as `make run` does; the plain relay is bench/plain_relay.py.",
+    ]
+    print("\n".join(header), flush=True)
+    frame = cross = one = None
+    sections: dict[str, list[str]] = {}
+    if "frame" in parts:
+        print("frame path, one process...", flush=True)
+        frame = frame_path(demo, tsns, args.seconds)
+        sections["frame-path"] = [f"### Frame path, one process ({args.seconds:g} s per scenario)", ""] + frame_table(
+            frame
+        )
+    if "cross" in parts:
+        print("two processes through Redis...", flush=True)
+        cross = scale.cross_process(demo, tsns, args.seconds)
+        sections["cross"] = [
+            "### Two processes through Redis (device sockets on A, POS sockets on B, 100 B frames)",
+            "",
+        ] + cross_table(cross)
+    if "one" in parts:
+        print("one process: sessions/s, disable with live sessions, memory...", flush=True)
+        one = scale.one_process(demo, tsns, args.seconds, args.terminals, args.live)
+        sections["one-process"] = ["### One uvicorn process: sessions, disabling, memory", ""] + one_process_lines(one)
+    rows = targets(frame, cross, one)
+    sections = {"targets": ["### Targets", "", *header, "", *targets_table(rows)], **sections}
+    for body in sections.values():
+        print("\n" + "\n".join(body), flush=True)
+    if args.no_write:
+        return
+    if parts != {"frame", "cross", "one"}:
+        print("\nnot written to docs/benchmarks.md: only a full run (all parts) is recorded")
+        return
+    for name, body in sections.items():
+        write_section(f"bench-{name}", body)
+    print("\nwritten to docs/benchmarks.md")
+
+
+if __name__ == "__main__":
+    main()
