@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from django.conf import settings
+from django.core.management import call_command
 from django.test import Client, override_settings
 from django.utils import timezone
 from oauth2_provider.models import AccessToken
@@ -589,3 +591,34 @@ def test_the_token_lifetime_is_read_from_the_token_lifetime_environment_variable
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "123"
+
+
+# --- expired tokens: the toolkit's cleartokens removes them (docs/deploy.md) ---------------------
+
+
+def token_in_process(pos) -> str:
+    response = Client(enforce_csrf_checks=True).post(
+        f"/oauth2/v1/{domain_of(pos)}/token",
+        "grant_type=client_credentials",
+        content_type="application/x-www-form-urlencoded",
+        HTTP_AUTHORIZATION="Basic "
+        + base64.b64encode(f"{pos.application.client_id}:{pos.client_secret}".encode()).decode(),
+    )
+    assert response.status_code == 200, response.content
+    return response.json()["access_token"]
+
+
+@pytest.mark.django_db
+def test_cleartokens_deletes_expired_tokens_and_keeps_the_valid_ones():
+    pos = make_pos()
+    expired, valid = token_in_process(pos), token_in_process(pos)
+    stored_expired = AccessToken.objects.get(token_checksum=hashlib.sha256(expired.encode()).hexdigest())
+    stored_expired.expires = timezone.now() - timedelta(seconds=1)
+    stored_expired.save(update_fields=["expires"])
+    assert authenticate_bearer(expired) is None
+
+    call_command("cleartokens", stdout=io.StringIO(), stderr=io.StringIO())
+
+    assert not AccessToken.objects.filter(pk=stored_expired.pk).exists()
+    assert AccessToken.objects.filter(application=pos.application).count() == 1
+    assert authenticate_bearer(valid) is not None
