@@ -119,10 +119,13 @@ async def sessions_per_second(server: Server, demo: Demo, tsns: list[str], secon
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(SESSION_WORKERS)))
     elapsed = time.perf_counter() - started
-    for device, session, listener in opened:
-        await session.close()
-        await listener.close()
-        await device.close()
+    # Close side by side, session sockets first, then pos-listeners, then terminals: a
+    # pos-listener hears `device_offline` for every terminal of its credential that leaves,
+    # which these clients never read; once more than websockets' max_queue (16) are
+    # waiting, the client stops reading and its close waits out close_timeout (10 s).
+    sessions, listeners, devices = [s for _, s, _ in opened], [li for _, _, li in opened], [d for d, _, _ in opened]
+    for sockets in (sessions, listeners, devices):
+        await asyncio.gather(*(ws.close() for ws in sockets))
     medians = {name: statistics.median(values) * 1000 for name, values in steps.items()}
     return len(opened) / elapsed, len(opened), medians, not queue
 
@@ -222,6 +225,7 @@ async def _one_process(demo: Demo, tsns: Tsns, seconds: float, terminals: int, l
         warm = await connect_terminals(server, demo, tsns.take(20), 60)
         for ws in warm.values():
             await ws.close()
+        await asyncio.to_thread(fetch_token, server.http, demo)  # the HTTP side's first request
         rate, count, steps, ran_out = await sessions_per_second(server, demo, tsns.take(1000), seconds)
         await asyncio.sleep(2)
         baseline = server.rss_kib()
