@@ -116,6 +116,18 @@ def test_it_prints_the_urls_logins_tsns_and_relay_commands(credentials_file):
     ) in output
 
 
+def test_the_urls_follow_the_address_make_run_serves_on_first_and_later_runs(credentials_file):
+    first = load_demo(credentials_file, "--address", "0.0.0.0:9000")
+    again = load_demo(credentials_file, "--address", "127.0.0.1:8100")
+
+    for output, address in ((first, "0.0.0.0:9000"), (again, "127.0.0.1:8100")):
+        assert f"Portal:    http://{address}/" in output
+        assert f"simulate_device --url ws://{address} --tsn" in output
+        assert f"pos_client --url http://{address} --domain demo" in output
+        assert "127.0.0.1:8000" not in output
+    assert printed_credentials(again) == printed_credentials(first)
+
+
 def test_every_printed_secret_matches_its_hashed_credential(credentials_file):
     output = load_demo(credentials_file)
     printed = printed_credentials(output)

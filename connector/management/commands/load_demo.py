@@ -26,8 +26,9 @@ from accounts.scope import Level, Principal
 from connector import services as connector
 
 DEMO_DOMAIN = "demo"
-BASE_URL = "http://127.0.0.1:8000"
-WS_URL = "ws://127.0.0.1:8000"
+DEFAULT_ADDRESS = "127.0.0.1:8000"  # `make run`'s HOST:PORT; the saved block always uses it
+BASE_URL = f"http://{DEFAULT_ADDRESS}"
+WS_URL = f"ws://{DEFAULT_ADDRESS}"
 ACTOR = Principal(level=Level.PLATFORM, label="command:load_demo")
 # (username, password, role): simple on purpose, for a development database only.
 LOGINS = [
@@ -64,6 +65,11 @@ class Command(BaseCommand):
             default=Path(settings.BASE_DIR) / ".demo-credentials.txt",
             help="where the printed block is saved (default: .demo-credentials.txt in the checkout)",
         )
+        parser.add_argument(
+            "--address",
+            default=DEFAULT_ADDRESS,
+            help=f"host:port the server listens on, for the printed URLs and commands (default: {DEFAULT_ADDRESS})",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not settings.DEBUG and not options["force"]:
@@ -72,6 +78,7 @@ class Command(BaseCommand):
                 "with a known password. Use --force if you really mean it."
             )
         path: Path = options["credentials_file"]
+        self.address = options["address"]
         if Tenant.objects.exists():
             self.already_loaded(path)
             return
@@ -79,8 +86,13 @@ class Command(BaseCommand):
             demo = self.load()
         block = render(demo)
         save(path, block)
-        self.stdout.write(block)
+        self.show(block)
         self.stdout.write(f"(saved to {path})")
+
+    def show(self, block: str) -> None:
+        """The block with its URLs on the address the server listens on (`make run HOST=...
+        PORT=...`); saved, it keeps the default address, so a later run can map it again."""
+        self.stdout.write(block.replace(f"://{DEFAULT_ADDRESS}", f"://{self.address}"))
 
     def already_loaded(self, path: Path) -> None:
         if not Tenant.objects.filter(domain=DEMO_DOMAIN).exists():
@@ -94,7 +106,7 @@ class Command(BaseCommand):
                 "(db.sqlite3 by default) and run `make run` again."
             )
             return
-        self.stdout.write(path.read_text())
+        self.show(path.read_text())
         stale = stale_client_ids(path.read_text())
         if stale:
             self.stdout.write(
