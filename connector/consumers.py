@@ -69,6 +69,21 @@ logger = logging.getLogger(__name__)
 
 LISTENER_SERVER_LIMIT = 16 * 1024 * 1024
 LAYER_STOP_WAIT = 5.0  # seconds a closing socket waits for its channel-layer task to stop
+# Control events sent to the groups of a session, a credential or a token (connector.groups,
+# connector.events): every socket in the group gets them and handles those that concern it.
+CONTROL_EVENTS = frozenset(
+    {
+        "session.end",
+        "session.endpoints",
+        "claim.changed",
+        "claim.released",
+        "peer.attached",
+        "peer.detached",
+        "credential.revoked",
+        "token.revoked",
+        "pos.event",
+    }
+)
 
 
 def _config(name: str, default: Any = None) -> Any:
@@ -192,6 +207,8 @@ class BaseConsumer(AsyncWebsocketConsumer):
         # each database call instead, and nothing else here touches the database.
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
+            if message["type"] in CONTROL_EVENTS:
+                return  # sent to a group this socket is in, for sockets of another kind
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
@@ -230,34 +247,7 @@ class BaseConsumer(AsyncWebsocketConsumer):
         # A plain int: autobahn (daphne) refuses an IntEnum as a close code.
         await relay.close_with(self, int(code))
 
-    # -- control events every consumer may receive; most ignore most of them
-
-    async def session_end(self, message: dict) -> None:
-        pass
-
-    async def session_endpoints(self, message: dict) -> None:
-        pass
-
-    async def claim_changed(self, message: dict) -> None:
-        pass
-
-    async def claim_released(self, message: dict) -> None:
-        pass
-
-    async def peer_attached(self, message: dict) -> None:
-        pass
-
-    async def peer_detached(self, message: dict) -> None:
-        pass
-
-    async def credential_revoked(self, message: dict) -> None:
-        pass
-
-    async def token_revoked(self, message: dict) -> None:
-        pass
-
-    async def pos_event(self, message: dict) -> None:
-        pass
+    # -- control events every consumer may receive (CONTROL_EVENTS); each handles its own
 
     async def socket_replaced(self, message: dict) -> None:
         await self.close_socket(Close.REPLACED)

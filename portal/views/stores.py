@@ -7,6 +7,7 @@ from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.text import capfirst
 
 from accounts import services as account_services
 from accounts.errors import Conflict, Invalid
@@ -67,22 +68,27 @@ def store_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
+def _rename(request: HttpRequest, principal, obj, *, noun: str, detail: str) -> HttpResponse:
+    """The rename form of a store or a POS, through the rename service."""
+    form = NameForm(request.POST or None, initial={"name": obj.name})
+    if request.method == "POST" and form.is_valid():
+        try:
+            account_services.object_rename(obj=obj, name=form.cleaned_data["name"], actor=principal)
+        except Invalid as error:
+            apply_domain_error(form, error)
+        else:
+            messages.success(request, f"{capfirst(noun)} renamed to “{obj.name}”.")
+            return redirect(detail, pk=obj.pk)
+    back = reverse(detail, args=[obj.pk])
+    context = {"section": "stores", "form": form, "obj": obj, "noun": noun, "back": back}
+    return render(request, "portal/rename_form.html", context)
+
+
 @portal_view
 def store_rename(request: HttpRequest, pk: int) -> HttpResponse:
     principal = require_write(request)
     store = scoped_get(stores_in_scope(principal=principal), pk)
-    form = NameForm(request.POST or None, initial={"name": store.name})
-    if request.method == "POST" and form.is_valid():
-        try:
-            account_services.object_rename(obj=store, name=form.cleaned_data["name"], actor=principal)
-        except Invalid as error:
-            apply_domain_error(form, error)
-        else:
-            messages.success(request, f"Store renamed to “{store.name}”.")
-            return redirect("portal:store_detail", pk=store.pk)
-    back = reverse("portal:store_detail", args=[store.pk])
-    context = {"section": "stores", "form": form, "obj": store, "noun": "store", "back": back}
-    return render(request, "portal/rename_form.html", context)
+    return _rename(request, principal, store, noun="store", detail="portal:store_detail")
 
 
 @portal_view
@@ -159,19 +165,7 @@ def pos_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def pos_rename(request: HttpRequest, pk: int) -> HttpResponse:
     principal = require_write(request)
     pos = scoped_get(pos_in_scope(principal=principal), pk)
-    form = NameForm(request.POST or None, initial={"name": pos.name})
-    if request.method == "POST" and form.is_valid():
-        try:
-            account_services.object_rename(obj=pos, name=form.cleaned_data["name"], actor=principal)
-        except Invalid as error:
-            apply_domain_error(form, error)
-        else:
-            messages.success(request, f"POS renamed to “{pos.name}”.")
-            return redirect("portal:pos_detail", pk=pos.pk)
-    back = reverse("portal:pos_detail", args=[pos.pk])
-    return render(
-        request, "portal/rename_form.html", {"section": "stores", "form": form, "obj": pos, "noun": "POS", "back": back}
-    )
+    return _rename(request, principal, pos, noun="POS", detail="portal:pos_detail")
 
 
 @portal_view
