@@ -7,7 +7,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Q
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -38,29 +38,11 @@ UNUSABLE_TEXT = {
     Unusable.DEVICE: "device not active",
 }
 
-# The same order as services.device_unusable_reason: the first failing check is the reason.
+# The order of services.unusable_reason_from_flags: the first failing check is the reason.
 _REASON_CHECKS: list[tuple[Unusable, Q]] = [
     (Unusable.DISABLED, Q(provisioned=False) | Q(enabled=False)),
-    (Unusable.SUBSCRIPTION, Q(subscribed=False)),
-    (Unusable.MERCHANT_AGGREGATOR, Q(ma_active=False)),
-    (Unusable.MERCHANT, Q(merchant_active=False)),
-    (Unusable.DEVICE, Q(device_active=False)),
+    *((reason, Q(**{flag: False})) for flag, reason in services.ACTIVATION_REASONS),
 ]
-
-
-def unusable_reason_of_annotated(device: Device) -> Unusable | None:
-    """Why an annotated device (`services.devices_with_activation`) is unusable, without a query."""
-    if not (device.provisioned and device.enabled):
-        return Unusable.DISABLED
-    for reason, flag in (
-        (Unusable.SUBSCRIPTION, device.subscribed),
-        (Unusable.MERCHANT_AGGREGATOR, device.ma_active),
-        (Unusable.MERCHANT, device.merchant_active),
-        (Unusable.DEVICE, device.device_active),
-    ):
-        if not flag:
-            return reason
-    return None
 
 
 def _reason_filter(reason: Unusable) -> Q:
@@ -111,7 +93,7 @@ class DeviceOnlineFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         if self.value() in ("yes", "no"):
-            return queryset.filter(is_online=self.value() == "yes")
+            return queryset.filter(online=self.value() == "yes")
         return queryset
 
 
@@ -159,11 +141,10 @@ class DeviceAdmin(ServiceModelAdmin):
     list_per_page = 100
 
     def get_queryset(self, request):
-        online = DeviceSession.objects.filter(device=OuterRef("pk"), state=DeviceSession.State.ONLINE)
         queryset = devices_in_scope(principal=self.principal(request)).select_related(
             "tenant", "merchant__merchant_aggregator", "store"
         )
-        return services.devices_with_activation(queryset).annotate(is_online=Exists(online))
+        return services.with_online(services.devices_with_activation(queryset))
 
     def get_search_results(self, request, queryset, search_term):
         # A fully qualified tsn (make-model-serial) is what support people paste: match it whole.
@@ -208,14 +189,14 @@ class DeviceAdmin(ServiceModelAdmin):
 
     @admin.display(description="Usable")
     def usability(self, obj):
-        reason = unusable_reason_of_annotated(obj)
+        reason = services.unusable_reason_from_flags(obj)
         if reason is None:
             return format_html('<span style="color: var(--message-success-fg, green)">{}</span>', "usable")
         return format_html('<span style="color: var(--error-fg, #ba2121)">no: {}</span>', UNUSABLE_TEXT[reason])
 
-    @admin.display(boolean=True, description="Online", ordering="is_online")
+    @admin.display(boolean=True, description="Online", ordering="online")
     def online(self, obj):
-        return obj.is_online
+        return obj.online
 
     @admin.display(description="Sessions")
     def sessions(self, obj):
@@ -288,7 +269,7 @@ class DeviceAdmin(ServiceModelAdmin):
         fresh = services.devices_with_activation(Device.objects.filter(pk__in=queryset.values("pk")))
         reasons: dict[Unusable, int] = {}
         for device in fresh:
-            reason = unusable_reason_of_annotated(device)
+            reason = services.unusable_reason_from_flags(device)
             if reason is not None:
                 reasons[reason] = reasons.get(reason, 0) + 1
         for reason, count in reasons.items():

@@ -69,21 +69,6 @@ logger = logging.getLogger(__name__)
 
 LISTENER_SERVER_LIMIT = 16 * 1024 * 1024
 LAYER_STOP_WAIT = 5.0  # seconds a closing socket waits for its channel-layer task to stop
-# Control events sent to the groups of a session, a credential or a token (connector.groups,
-# connector.events): every socket in the group gets them and handles those that concern it.
-CONTROL_EVENTS = frozenset(
-    {
-        "session.end",
-        "session.endpoints",
-        "claim.changed",
-        "claim.released",
-        "peer.attached",
-        "peer.detached",
-        "credential.revoked",
-        "token.revoked",
-        "pos.event",
-    }
-)
 
 
 def _config(name: str, default: Any = None) -> Any:
@@ -207,8 +192,8 @@ class BaseConsumer(AsyncWebsocketConsumer):
         # each database call instead, and nothing else here touches the database.
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
-            if message["type"] in CONTROL_EVENTS:
-                return  # sent to a group this socket is in, for sockets of another kind
+            if not message["type"].startswith("websocket."):
+                return  # a control event for the sockets of another kind, as relay.deliver does
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
@@ -247,7 +232,7 @@ class BaseConsumer(AsyncWebsocketConsumer):
         # A plain int: autobahn (daphne) refuses an IntEnum as a close code.
         await relay.close_with(self, int(code))
 
-    # -- control events every consumer may receive (CONTROL_EVENTS); each handles its own
+    # -- control events: each consumer handles those that concern it; dispatch skips the rest
 
     async def socket_replaced(self, message: dict) -> None:
         await self.close_socket(Close.REPLACED)
@@ -510,6 +495,31 @@ class RelayConsumer(BaseConsumer):
     def endpoint_from_url(self) -> str | None:
         return protocol.endpoint_from_path(self.scope["url_route"]["kwargs"].get("endpoint"))
 
+    async def attach(self, session_id: str, attach_fn, group_names: tuple[str, ...], **identity: Any) -> None:
+        """The end of both sides' connect: the URL's endpoint (4404), the groups, the
+        session's attach (`attach_fn`, with the caller's `identity`) and the accept."""
+        self.endpoint = self.endpoint_from_url()
+        if self.endpoint is None:
+            await self.refuse(Close.NOT_FOUND)
+            return
+        self.session_id = session_id
+        await self.join(*group_names)
+        try:
+            place = await db(
+                attach_fn,
+                key=session_id,
+                session_id=session_id,
+                endpoint=self.endpoint,
+                channel_name=self.channel_name,
+                node=relay.NODE,
+                **identity,
+            )
+        except DomainError as error:
+            await self.refuse(protocol.translate(error).close_code)
+            return
+        await self.accept()
+        await self.attached_to(place)
+
     async def attached_to(self, place: sessions.Attached) -> None:
         self.attached = True
         self.counter = relay.registry.counter(self.session_id)
@@ -706,27 +716,12 @@ class DeviceSocketConsumer(RelayConsumer):
         except tokens.InvalidDeviceToken:
             await self.refuse(Close.UNAUTHENTICATED)
             return
-        self.endpoint = self.endpoint_from_url()
-        if self.endpoint is None:
-            await self.refuse(Close.NOT_FOUND)
-            return
-        self.session_id = session_id
-        await self.join(groups.session_group(session_id))
-        try:
-            place = await db(
-                sessions.device_socket_attach,
-                key=session_id,
-                session_id=session_id,
-                device_id=claims.device_id,
-                endpoint=self.endpoint,
-                channel_name=self.channel_name,
-                node=relay.NODE,
-            )
-        except DomainError as error:
-            await self.refuse(protocol.translate(error).close_code)
-            return
-        await self.accept()
-        await self.attached_to(place)
+        await self.attach(
+            session_id,
+            sessions.device_socket_attach,
+            (groups.session_group(session_id),),
+            device_id=claims.device_id,
+        )
 
     async def undeliverable(self) -> None:
         # §7: nobody listens on this endpoint; the terminal's own protocol notices.
@@ -748,27 +743,13 @@ class PosSessionConsumer(RelayConsumer):
         except DomainError as error:
             await self.refuse(protocol.translate(error).close_code)
             return
-        self.endpoint = self.endpoint_from_url()
-        if self.endpoint is None:
-            await self.refuse(Close.NOT_FOUND)
-            return
-        self.session_id = self.scope["url_route"]["kwargs"]["session_id"]
-        await self.join(groups.session_group(self.session_id), groups.credential_group(self.caller.application_id))
-        try:
-            place = await db(
-                sessions.pos_socket_attach,
-                key=self.session_id,
-                caller=self.caller,
-                session_id=self.session_id,
-                endpoint=self.endpoint,
-                channel_name=self.channel_name,
-                node=relay.NODE,
-            )
-        except DomainError as error:
-            await self.refuse(protocol.translate(error).close_code)
-            return
-        await self.accept()
-        await self.attached_to(place)
+        session_id = self.scope["url_route"]["kwargs"]["session_id"]
+        await self.attach(
+            session_id,
+            sessions.pos_socket_attach,
+            (groups.session_group(session_id), groups.credential_group(self.caller.application_id)),
+            caller=self.caller,
+        )
 
     async def undeliverable(self) -> None:
         # §7: a POS frame is never dropped silently.

@@ -47,13 +47,13 @@ def cloud_connector() -> Service:
 
 # The activation levels as devices_with_activation annotates them, in the order their
 # absence is reported.
-_ACTIVATION_REASONS = (
+ACTIVATION_REASONS = (
     ("subscribed", Unusable.SUBSCRIPTION),
     ("ma_active", Unusable.MERCHANT_AGGREGATOR),
     ("merchant_active", Unusable.MERCHANT),
     ("device_active", Unusable.DEVICE),
 )
-ACTIVATION_FLAGS = tuple(flag for flag, _reason in _ACTIVATION_REASONS)
+ACTIVATION_FLAGS = tuple(flag for flag, _reason in ACTIVATION_REASONS)
 
 
 def device_unusable_reason(*, device: Device) -> Unusable | None:
@@ -75,29 +75,31 @@ def unusable_reason_from_flags(device: Device) -> Unusable | None:
     devices_with_activation (lists, the relay's device lookup)."""
     if not (device.provisioned and device.enabled):
         return Unusable.DISABLED
-    for flag, reason in _ACTIVATION_REASONS:
+    for flag, reason in ACTIVATION_REASONS:
         if not getattr(device, flag):
             return reason
     return None
 
 
-def _activation_flags(prefix: str = "") -> dict:
+def _activation_flags() -> dict:
     """Exists() annotations telling, for each device row, which levels are switched on."""
     service = Service.objects.filter(code=CLOUD_CONNECTOR)
     return {
-        "subscribed": Exists(
-            Subscription.objects.filter(tenant_id=OuterRef(f"{prefix}tenant_id"), service__in=service)
-        ),
+        "subscribed": Exists(Subscription.objects.filter(tenant_id=OuterRef("tenant_id"), service__in=service)),
         "ma_active": Exists(
             Activation.objects.filter(
-                merchant_aggregator_id=OuterRef(f"{prefix}merchant__merchant_aggregator_id"), service__in=service
+                merchant_aggregator_id=OuterRef("merchant__merchant_aggregator_id"), service__in=service
             )
         ),
-        "merchant_active": Exists(
-            Activation.objects.filter(merchant_id=OuterRef(f"{prefix}merchant_id"), service__in=service)
-        ),
-        "device_active": Exists(Activation.objects.filter(device_id=OuterRef(f"{prefix}id"), service__in=service)),
+        "merchant_active": Exists(Activation.objects.filter(merchant_id=OuterRef("merchant_id"), service__in=service)),
+        "device_active": Exists(Activation.objects.filter(device_id=OuterRef("id"), service__in=service)),
     }
+
+
+def with_online(queryset: QuerySet[Device]) -> QuerySet[Device]:
+    """Annotate devices with `online`: a session of theirs has a device socket connected."""
+    online = DeviceSession.objects.filter(device_id=OuterRef("pk"), state=DeviceSession.State.ONLINE)
+    return queryset.annotate(online=Exists(online))
 
 
 def devices_with_activation(queryset: QuerySet[Device]) -> QuerySet[Device]:

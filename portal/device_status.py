@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Exists, OuterRef, Prefetch, QuerySet
+from django.db.models import Prefetch, QuerySet
 
 from accounts.scope import Principal, devices_in_scope
 from connector.models import Device, DeviceSession
-from connector.services import Unusable, devices_with_activation, unusable_reason_from_flags
+from connector.services import Unusable, devices_with_activation, unusable_reason_from_flags, with_online
 
 REASON_TEXT = {
     Unusable.DISABLED: "The device is not provisioned and enabled in PPaaS.",
@@ -41,10 +41,8 @@ def _live_sessions() -> QuerySet[DeviceSession]:
 def devices_for_portal(*, principal: Principal) -> QuerySet[Device]:
     """Devices in scope, annotated with activation flags and `online`, their live session
     prefetched into `live_sessions`."""
-    online = DeviceSession.objects.filter(device_id=OuterRef("pk"), state=DeviceSession.State.ONLINE)
     return (
-        devices_with_activation(devices_in_scope(principal=principal))
-        .annotate(online=Exists(online))
+        with_online(devices_with_activation(devices_in_scope(principal=principal)))
         .prefetch_related(Prefetch("sessions", queryset=_live_sessions(), to_attr="live_sessions"))
         .order_by("store__name", "make", "serial", "pk")
     )

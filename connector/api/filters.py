@@ -124,7 +124,7 @@ class DeviceFilter(django_filters.FilterSet):
     store = IdFilter(field_name="store_id")
     make = django_filters.CharFilter(field_name="make", lookup_expr="iexact", max_length=40)
     enabled = StrictBooleanFilter(field_name="enabled")
-    active = StrictBooleanFilter(field_name="cloud_connector_active", help_text="Activated for the device itself.")
+    active = StrictBooleanFilter(field_name="device_active", help_text="Activated for the device itself.")
     online = StrictBooleanFilter(field_name="online")
     tsn = django_filters.CharFilter(method="filter_by_tsn", max_length=150, help_text=TSN_HELP)
     search = django_filters.CharFilter(

@@ -257,7 +257,7 @@ class DeviceSerializer(ParentFixedMixin, serializers.Serializer):
     enabled = StrictBooleanField(required=False, default=True)
     provisioned = serializers.BooleanField(read_only=True)
     cloud_connector_active = serializers.BooleanField(
-        read_only=True, help_text="Cloud Connector is activated for the device itself."
+        read_only=True, source="device_active", help_text="Cloud Connector is activated for the device itself."
     )
     online = serializers.BooleanField(read_only=True, help_text="The device has a live session that is online.")
     cloud_connector_usable = serializers.BooleanField(

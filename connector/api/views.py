@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.db.models import Exists, Model, OuterRef, Q, QuerySet
+from django.db.models import Model, Q, QuerySet
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -375,9 +375,7 @@ class DeviceViewSet(ReadMixin, WriteMixin, ActivationMixin, ScopedViewSet):
 
     def scoped(self, principal: Principal) -> QuerySet:
         queryset = connector.devices_with_activation(scope.devices_in_scope(principal=principal))
-        online = DeviceSession.objects.filter(device_id=OuterRef("pk"), state=DeviceSession.State.ONLINE)
-        queryset = connector.with_cloud_connector_active(queryset, level="device")
-        return queryset.annotate(online=Exists(online)).order_by("id")
+        return connector.with_online(queryset).order_by("id")
 
     def perform_create(self, data: dict):
         return connector.device_create(
