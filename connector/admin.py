@@ -27,6 +27,7 @@ from connector.models import (
     ServiceDomain,
     SessionSocket,
     Subscription,
+    tsn_lower,
 )
 from connector.services import Unusable
 
@@ -150,7 +151,7 @@ class DeviceAdmin(ServiceModelAdmin):
         # A fully qualified tsn (make-model-serial) is what support people paste: match it whole.
         term = search_term.strip()
         if 2 <= term.count("-") <= 8 and " " not in term:
-            by_tsn = queryset.filter(_tsn_filter(term))
+            by_tsn = queryset.annotate(tsn_lower=tsn_lower()).filter(tsn_lower=term.lower())
             if by_tsn.exists():
                 return by_tsn, False
         return super().get_search_results(request, queryset, search_term)
@@ -318,21 +319,6 @@ class DeviceAdmin(ServiceModelAdmin):
             "max_mib": MAX_FILE_BYTES // 1024 // 1024,
         }
         return TemplateResponse(request, "admin/connector/device/import_csv.html", context)
-
-
-def _tsn_filter(term: str) -> Q:
-    """Devices whose make-model-serial equals `term` (case-insensitive). Make, model and
-    serial may themselves hold hyphens, so every split of the term is tried."""
-    parts = term.split("-")
-    condition = Q(pk__in=[])
-    for first in range(1, len(parts) - 1):
-        for second in range(first + 1, len(parts)):
-            condition |= Q(
-                make__iexact="-".join(parts[:first]),
-                model__iexact="-".join(parts[first:second]),
-                serial__iexact="-".join(parts[second:]),
-            )
-    return condition
 
 
 @admin.register(Subscription)

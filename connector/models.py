@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
-from django.db.models import Q
-from django.db.models.functions import Lower
+from django.db.models import CharField, Q, Value
+from django.db.models.functions import Concat, Lower
 
 from accounts.models import Merchant, MerchantAggregator, Store, Tenant
 
@@ -75,6 +75,14 @@ class Device(models.Model):
     def tsn(self) -> str:
         """The fully qualified terminal serial number."""
         return f"{self.make}-{self.model}-{self.serial}"
+
+
+def tsn_lower(prefix: str = "") -> Lower:
+    """Device.tsn, lower-cased, as a query expression (`prefix` for a related device:
+    `"device__"`): the one way lookups match a fully qualified tsn."""
+    return Lower(
+        Concat(f"{prefix}make", Value("-"), f"{prefix}model", Value("-"), f"{prefix}serial", output_field=CharField())
+    )
 
 
 class Activation(models.Model):

@@ -49,8 +49,8 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth.hashers import check_password, identify_hasher
 from django.db import IntegrityError, transaction
-from django.db.models import F, OuterRef, Q, Subquery, Value
-from django.db.models.functions import Concat, Lower
+from django.db.models import F, OuterRef, Q, Subquery
+from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from oauth2_provider.models import AccessToken
@@ -72,7 +72,7 @@ from accounts.scope import (
     row_reaches_terminals,
 )
 from connector import groups, tokens
-from connector.models import Device, DeviceSession, NodeHeartbeat, SessionSocket
+from connector.models import Device, DeviceSession, NodeHeartbeat, SessionSocket, tsn_lower
 from connector.services import ACTIVATION_FLAGS, Unusable, devices_with_activation, unusable_reason_from_flags
 
 CLOSE_GONE = 4410
@@ -439,11 +439,7 @@ def device_find(*, principal: Principal, tsn: str) -> Device:
 
 def _device_find_precisely(in_scope, wanted: str, suffixes: list[str]) -> Device:
     if suffixes:
-        full = (
-            in_scope.filter(serial_lower__in=suffixes)
-            .annotate(tsn_lower=Lower(Concat("make", Value("-"), "model", Value("-"), "serial")))
-            .filter(tsn_lower=wanted)
-        )
+        full = in_scope.filter(serial_lower__in=suffixes).annotate(tsn_lower=tsn_lower()).filter(tsn_lower=wanted)
         found = list(full[:2])
         if len(found) == 1:
             return found[0]

@@ -8,14 +8,13 @@ from __future__ import annotations
 import django_filters
 import django_filters.fields
 from django import forms
-from django.db.models import CharField, Q, QuerySet, Value
-from django.db.models.functions import Concat, Lower
+from django.db.models import Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
 from accounts.models import POS, CloudApplication, Merchant, Store
 from connector.api.serializers import MAX_ID
-from connector.models import Device, DeviceSession
+from connector.models import Device, DeviceSession, tsn_lower
 
 
 class NotBlankMixin:
@@ -69,16 +68,10 @@ class StrictBooleanFilter(django_filters.BooleanFilter):
     field_class = StrictBooleanField
 
 
-def _tsn_expression(prefix: str = "") -> Lower:
-    return Lower(
-        Concat(f"{prefix}make", Value("-"), f"{prefix}model", Value("-"), f"{prefix}serial", output_field=CharField())
-    )
-
-
 def filter_tsn(queryset: QuerySet, *, value: str, prefix: str = "") -> QuerySet:
     """Match a terminal serial number as the relay does: the fully qualified
     `{make}-{model}-{serial}` or the serial alone, case-insensitively."""
-    return queryset.annotate(_tsn=_tsn_expression(prefix)).filter(
+    return queryset.annotate(_tsn=tsn_lower(prefix)).filter(
         Q(_tsn=value.lower()) | Q(**{f"{prefix}serial__iexact": value})
     )
 
@@ -139,7 +132,7 @@ class DeviceFilter(django_filters.FilterSet):
         return filter_tsn(queryset, value=value)
 
     def filter_by_search(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
-        return queryset.annotate(_tsn=_tsn_expression()).filter(_tsn__contains=value.lower())
+        return queryset.annotate(_tsn=tsn_lower()).filter(_tsn__contains=value.lower())
 
 
 class StateFilter(django_filters.ChoiceFilter):
