@@ -71,10 +71,6 @@ LISTENER_SERVER_LIMIT = 16 * 1024 * 1024
 LAYER_STOP_WAIT = 5.0  # seconds a closing socket waits for its channel-layer task to stop
 
 
-def _config(name: str, default: Any = None) -> Any:
-    return settings.CLOUD_CONNECTOR.get(name, default)
-
-
 async def db(fn, /, *args: Any, key: str | None = None, **kwargs: Any) -> Any:
     """`fn(*args, **kwargs)` in a database thread (accounts.db_threads); the events its
     commits sent are delivered before this returns, also when it raised. Calls with the
@@ -168,7 +164,7 @@ class BaseConsumer(AsyncWebsocketConsumer):
         origin = self.header(b"origin")
         if origin is None:
             return True  # terminals and POS software send none (§10)
-        allowed = {o.rstrip("/").lower() for o in _config("ALLOWED_ORIGINS", [])}
+        allowed = {o.rstrip("/").lower() for o in sessions.setting("ALLOWED_ORIGINS", [])}
         return origin.decode("latin-1").rstrip("/").lower() in allowed
 
     def client_address(self) -> str:
@@ -184,7 +180,9 @@ class BaseConsumer(AsyncWebsocketConsumer):
             if server:
                 address = f"[{server[0]}]" if ":" in str(server[0]) else str(server[0])
                 host = f"{address}:{server[1]}"
-        return protocol.ws_base_url(public_url=_config("PUBLIC_WS_URL", ""), host=host, secure=not settings.DEBUG)
+        return protocol.ws_base_url(
+            public_url=sessions.setting("PUBLIC_WS_URL", ""), host=host, secure=not settings.DEBUG
+        )
 
     async def dispatch(self, message: dict) -> None:
         # Channels' own dispatch first hops to its database thread to close stale
@@ -232,14 +230,6 @@ class BaseConsumer(AsyncWebsocketConsumer):
         # A plain int: autobahn (daphne) refuses an IntEnum as a close code.
         await relay.close_with(self, int(code))
 
-    # -- control events: each consumer handles those that concern it; dispatch skips the rest
-
-    async def socket_replaced(self, message: dict) -> None:
-        await self.close_socket(Close.REPLACED)
-
-    async def relay_frame(self, message: dict) -> None:
-        pass
-
 
 class NotFoundConsumer(BaseConsumer):
     """Any other path under the protocol's prefix: no such session or endpoint."""
@@ -278,7 +268,7 @@ async def _answer_registration(*, text: str | None, bearer: str | None, address:
         flow_id,
         session_id=registration.session_id,
         connection_url=protocol.connection_url(base_url, registration.session_id),
-        connection_ssl_profile=_config("SSL_PROFILE", "INGETRUST"),
+        connection_ssl_profile=sessions.setting("SSL_PROFILE", "INGETRUST"),
         authorization_header={"Authorization": f"Bearer {registration.token.token}"},
         endpoints=registration.endpoints,
         expires_in=registration.token.expires_in,
@@ -324,7 +314,7 @@ class DeviceListenerConsumer(BaseConsumer):
         await self.accept()
         self.answered = False
         self.timeout = asyncio.get_running_loop().call_later(
-            float(_config("REGISTRATION_TIMEOUT", 10)),
+            float(sessions.setting("REGISTRATION_TIMEOUT", 10)),
             lambda: asyncio.ensure_future(self._timed_out()),
         )
 
@@ -397,7 +387,35 @@ ONLINE_EVENTS = ("device_online", "device_offline")
 TOLD_LIMIT = 1000
 
 
-class PosListenerConsumer(BaseConsumer):
+class PosCaller:
+    """What both POS sockets share: the bearer token's caller at connect, and closing when
+    that credential or token is revoked (with `revoked_code`: 4401 on the listener, 4410 on
+    session sockets)."""
+
+    revoked_code: int = Close.UNAUTHENTICATED
+
+    async def authenticate(self) -> bool:
+        """Origin (4403), then the token (4401, 4403); False once the socket is refused."""
+        if not self.origin_allowed():
+            await self.refuse(Close.FORBIDDEN)
+            return False
+        self.raw_token = bearer_from_header(self.header(b"authorization"))
+        try:
+            self.caller = await db(sessions.caller_from_bearer, self.raw_token)
+        except DomainError as error:
+            await self.refuse(protocol.translate(error).close_code)
+            return False
+        return True
+
+    async def credential_revoked(self, message: dict) -> None:
+        await self.close_socket(self.revoked_code)
+
+    async def token_revoked(self, message: dict) -> None:
+        if message.get("token_checksum") == self.caller.token_checksum:
+            await self.close_socket(self.revoked_code)
+
+
+class PosListenerConsumer(PosCaller, BaseConsumer):
     """`pos-listener`: claim, release and devices requests; §5's events for the claims the
     credential holds. A malformed request gets a 400 and the socket stays open."""
 
@@ -405,20 +423,12 @@ class PosListenerConsumer(BaseConsumer):
         # The server's limit binds answers too, and a `devices` answer for a large scope is
         # big; requests are held to CONTROL_MESSAGE_LIMIT by websocket_receive.
         relay.server_socket_tune(self, max_message=LISTENER_SERVER_LIMIT)
-        if not self.origin_allowed():
-            await self.refuse(Close.FORBIDDEN)
+        if not await self.authenticate():
             return
-        self.raw_token = bearer_from_header(self.header(b"authorization"))
-        try:
-            caller = await db(sessions.caller_from_bearer, self.raw_token)
-        except DomainError as error:
-            await self.refuse(protocol.translate(error).close_code)
-            return
-        self.caller = caller
         # The last online/offline event this socket sent per session, so that what it missed
         # while Redis was away can be told once it is back (relay._resync_listeners).
         self.told: dict[str, str] = {}
-        await self.join(groups.listener_group(caller.application_id))
+        await self.join(groups.listener_group(self.caller.application_id))
         await self.accept()
 
     async def websocket_receive(self, message: dict) -> None:
@@ -446,13 +456,6 @@ class PosListenerConsumer(BaseConsumer):
                 del self.told[next(iter(self.told))]
         await self.send(text_data=protocol.event(event, session_id=session_id, tsn=message["tsn"]))
 
-    async def credential_revoked(self, message: dict) -> None:
-        await self.close_socket(Close.UNAUTHENTICATED)
-
-    async def token_revoked(self, message: dict) -> None:
-        if message.get("token_checksum") == self.caller.token_checksum:
-            await self.close_socket(Close.UNAUTHENTICATED)
-
     async def disconnect(self, code: int) -> None:
         self.closed = True
 
@@ -475,7 +478,7 @@ class RelayConsumer(BaseConsumer):
         self.peer_local: relay.RelaySocket | None = None
         self.peer_changes = 0  # set_peer calls: a database answer older than one is stale
         self.counter = relay.Counter()
-        self.max_size = int(_config("MAX_MESSAGE_SIZE", 1024 * 1024))
+        self.max_size = int(sessions.setting("MAX_MESSAGE_SIZE", 1024 * 1024))
 
     async def websocket_connect(self, message: dict) -> None:
         relay.server_socket_tune(self, max_message=self.max_size)
@@ -489,6 +492,9 @@ class RelayConsumer(BaseConsumer):
             await self.relay_frame(message)
         else:
             await super().dispatch(message)
+
+    async def socket_replaced(self, message: dict) -> None:
+        await self.close_socket(Close.REPLACED)
 
     # -- attaching
 
@@ -728,20 +734,15 @@ class DeviceSocketConsumer(RelayConsumer):
         self.counter.dropped += 1
 
 
-class PosSessionConsumer(RelayConsumer):
+class PosSessionConsumer(PosCaller, RelayConsumer):
     """`session/<session_id>[/<endpoint>]`, for the credential holding the claim (§6)."""
 
     side = sessions.Side.POS
     peer_side = sessions.Side.DEVICE
+    revoked_code = Close.GONE
 
     async def connect(self) -> None:
-        if not self.origin_allowed():
-            await self.refuse(Close.FORBIDDEN)
-            return
-        try:
-            self.caller = await db(sessions.caller_from_bearer, bearer_from_header(self.header(b"authorization")))
-        except DomainError as error:
-            await self.refuse(protocol.translate(error).close_code)
+        if not await self.authenticate():
             return
         session_id = self.scope["url_route"]["kwargs"]["session_id"]
         await self.attach(
@@ -762,10 +763,3 @@ class PosSessionConsumer(RelayConsumer):
     async def claim_released(self, message: dict) -> None:
         if message["application_id"] == self.caller.application_id:
             await self.close_socket(Close.NORMAL)
-
-    async def credential_revoked(self, message: dict) -> None:
-        await self.close_socket(Close.GONE)
-
-    async def token_revoked(self, message: dict) -> None:
-        if message.get("token_checksum") == self.caller.token_checksum:
-            await self.close_socket(Close.GONE)

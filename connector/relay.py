@@ -109,7 +109,6 @@ from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from channels_redis.core import RedisChannelLayer as StockRedisChannelLayer
-from django.conf import settings
 
 from connector import sessions
 
@@ -194,10 +193,6 @@ class Registry:
 registry = Registry()
 
 
-def setting(name: str, default: float) -> float:
-    return settings.CLOUD_CONNECTOR.get(name, default)
-
-
 async def notify(channel_name: str | None, message: dict[str, Any], channel_layer) -> None:
     """Deliver a control message to one socket, in process when it is here."""
     if channel_name is None:
@@ -257,8 +252,8 @@ def ensure_housekeeping() -> None:
 
 
 async def _housekeep() -> None:
-    flush_every = max(0.05, float(setting("COUNTER_FLUSH_INTERVAL", 2)))
-    sweep_every = max(flush_every, float(setting("SWEEP_INTERVAL", 5)))
+    flush_every = max(0.05, float(sessions.setting("COUNTER_FLUSH_INTERVAL", 2)))
+    sweep_every = max(flush_every, float(sessions.setting("SWEEP_INTERVAL", 5)))
     beaten = False
     since_sweep = sweep_every
     while not registry.shutting_down:
@@ -734,12 +729,6 @@ class RedisChannelLayer(StockRedisChannelLayer):
             )
         return await pipe.execute(raise_on_error=False)
 
-    async def _reachable_by(self, deadline: float) -> None:
-        try:
-            await asyncio.wait_for(self.reachable(), max(0.0, deadline - asyncio.get_running_loop().time()))
-        except TimeoutError:
-            raise LayerUnavailable("Redis is unreachable") from None
-
     async def group_add(self, group: str, channel: str) -> None:
         try:
             await super().group_add(group, channel)
@@ -980,7 +969,7 @@ def server_socket_tune(consumer: Any, *, max_message: int) -> None:
     protocol.failByDrop = False
     protocol.maxMessagePayloadSize = max_message
     protocol.maxFramePayloadSize = max_message
-    protocol.autoPingTimeout = float(setting("PING_TIMEOUT", 30))
+    protocol.autoPingTimeout = float(sessions.setting("PING_TIMEOUT", 30))
 
 
 async def close_with(consumer: Any, code: int) -> None:
@@ -1047,7 +1036,7 @@ def _make_handler(loop: asyncio.AbstractEventLoop, previous: Any) -> Callable:
 async def _going_away(previous: Any, signum: int, frame: Any) -> None:
     try:
         await close_all(1001)
-        deadline = asyncio.get_running_loop().time() + float(setting("SHUTDOWN_GRACE", 2))
+        deadline = asyncio.get_running_loop().time() + float(sessions.setting("SHUTDOWN_GRACE", 2))
         while registry.sockets and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         await flush_counters()
