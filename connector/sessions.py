@@ -49,7 +49,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth.hashers import check_password, identify_hasher
 from django.db import IntegrityError, transaction
-from django.db.models import F, OuterRef, Q, Subquery
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
@@ -79,6 +79,16 @@ CLOSE_GONE = 4410
 State = DeviceSession.State
 Side = SessionSocket.Side
 LIVE = ~Q(state=State.ENDED)
+
+
+def ended_retention() -> timedelta:
+    """How long an ended session stays listed (API, portal) before the sweep deletes it."""
+    return timedelta(seconds=setting("ENDED_RETENTION", 3600))
+
+
+def listed(queryset: QuerySet[DeviceSession]) -> QuerySet[DeviceSession]:
+    """The sessions the API lists: live ones, and ended ones still within ENDED_RETENTION."""
+    return queryset.filter(LIVE | Q(ended_at__gte=timezone.now() - ended_retention()))
 
 
 # --- domain errors (translated to the wire by connector.protocol.ERRORS) ---------------------
@@ -1066,8 +1076,7 @@ def sessions_sweep(*, now: datetime | None = None) -> SweepResult:
         ),
         reason="device_gone",
     )
-    retention = timedelta(seconds=setting("ENDED_RETENTION", 3600))
-    purged, _ = DeviceSession.objects.filter(state=State.ENDED, ended_at__lt=now - retention).delete()
+    purged, _ = DeviceSession.objects.filter(state=State.ENDED, ended_at__lt=now - ended_retention()).delete()
     return SweepResult(went_offline=went_offline, ended=ended, purged=purged)
 
 

@@ -11,6 +11,7 @@ from django.db.models import Prefetch, QuerySet
 from accounts.scope import Principal, devices_in_scope
 from connector.models import Device, DeviceSession
 from connector.services import Unusable, devices_with_activation, unusable_reason_from_flags, with_online
+from connector.sessions import LIVE
 
 REASON_TEXT = {
     Unusable.DISABLED: "The device is not provisioned and enabled in PPaaS.",
@@ -29,13 +30,9 @@ SHORT_REASON = {
     Unusable.DEVICE: "Not activated for this device",
 }
 
-LIVE_STATES = [DeviceSession.State.REGISTERED, DeviceSession.State.ONLINE, DeviceSession.State.OFFLINE]
-
 
 def _live_sessions() -> QuerySet[DeviceSession]:
-    return DeviceSession.objects.filter(state__in=LIVE_STATES).select_related(
-        "claimed_by__pos", "claimed_by__cloud_application"
-    )
+    return DeviceSession.objects.filter(LIVE).select_related("claimed_by__pos", "claimed_by__cloud_application")
 
 
 def devices_for_portal(*, principal: Principal) -> QuerySet[Device]:

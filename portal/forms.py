@@ -36,51 +36,40 @@ class NameForm(forms.Form):
     name = forms.CharField(max_length=NAME_MAX_LENGTH, strip=True)
 
 
-class StoreCreateForm(NameForm):
+class ParentChoiceForm(NameForm):
+    """A name and the parent to create it under, chosen only by people who reach more than
+    one: `parents` comes from a scope selector."""
+
+    parent_field = ""
+
+    def __init__(self, *args, parents: QuerySet, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        candidates = list(parents[:2])
+        self.only_parent = candidates[0] if len(candidates) == 1 else None
+        if self.only_parent is not None:
+            del self.fields[self.parent_field]
+        else:
+            self.fields[self.parent_field].queryset = parents
+            self.fields[self.parent_field].required = True
+
+    def chosen_parent(self):
+        return self.only_parent or self.cleaned_data.get(self.parent_field)
+
+
+class StoreCreateForm(ParentChoiceForm):
     """A store's name and, for people above one merchant, its merchant."""
 
     merchant = forms.ModelChoiceField(queryset=Merchant.objects.none(), required=False)
-
+    parent_field = "merchant"
     field_order = ["merchant", "name"]
 
-    def __init__(self, *args, merchants: QuerySet[Merchant], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.merchants = merchants
-        self.fields["merchant"].queryset = merchants
-        self.single_merchant = merchants.count() == 1
-        if self.single_merchant:
-            del self.fields["merchant"]
-        else:
-            self.fields["merchant"].required = True
 
-    def chosen_merchant(self, cleaned: dict | None = None) -> Merchant | None:
-        cleaned = self.cleaned_data if cleaned is None else cleaned
-        if self.single_merchant:
-            return self.merchants.first()
-        return cleaned.get("merchant")
-
-
-class ApplicationCreateForm(NameForm):
-    merchant_aggregator = forms.ModelChoiceField(queryset=MerchantAggregator.objects.none(), required=False)
-
+class ApplicationCreateForm(ParentChoiceForm):
+    merchant_aggregator = forms.ModelChoiceField(
+        queryset=MerchantAggregator.objects.none(), required=False, label="Merchant aggregator"
+    )
+    parent_field = "merchant_aggregator"
     field_order = ["merchant_aggregator", "name"]
-
-    def __init__(self, *args, merchant_aggregators: QuerySet[MerchantAggregator], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.merchant_aggregators = merchant_aggregators
-        self.single = merchant_aggregators.count() == 1
-        if self.single:
-            del self.fields["merchant_aggregator"]
-        else:
-            self.fields["merchant_aggregator"].queryset = merchant_aggregators
-            self.fields["merchant_aggregator"].required = True
-            self.fields["merchant_aggregator"].label = "Merchant aggregator"
-
-    def chosen_merchant_aggregator(self, cleaned: dict | None = None) -> MerchantAggregator | None:
-        cleaned = self.cleaned_data if cleaned is None else cleaned
-        if self.single:
-            return self.merchant_aggregators.first()
-        return cleaned.get("merchant_aggregator")
 
 
 SERVICE_LABELS = {"retail-api": "Retail API"}
@@ -116,7 +105,6 @@ class ApplicationConfigForm(forms.Form):
             "initial", {"name": app.name, "services": app.services, "grant_types": app.grant_types, "roles": app.roles}
         )
         super().__init__(*args, **kwargs)
-        self.app = app
 
 
 YES_NO = [("", "Any"), ("yes", "Yes"), ("no", "No")]

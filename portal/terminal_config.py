@@ -36,10 +36,6 @@ class TerminalConfig:
     ssl_profile_crt: str
 
     @property
-    def secret_known(self) -> bool:
-        return self.client_secret is not None
-
-    @property
     def uses_tls(self) -> bool:
         return self.register_url.startswith("wss://")
 

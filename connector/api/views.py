@@ -8,13 +8,9 @@ connector/api/errors.py.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.db.models import Model, Q, QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest, JsonResponse
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema, extend_schema_view
@@ -31,6 +27,7 @@ from accounts import scope
 from accounts import services as accounts
 from accounts.scope import NOBODY, Level, Principal
 from connector import services as connector
+from connector import sessions
 from connector.api import filters
 from connector.api import serializers as s
 from connector.api.permissions import ProvisioningAccess, principal_of
@@ -419,9 +416,7 @@ class DeviceSessionViewSet(ReadMixin, mixins.DestroyModelMixin, ScopedViewSet):
     parent_level = Level.STORE
 
     def scoped(self, principal: Principal) -> QuerySet[DeviceSession]:
-        retention = timedelta(seconds=settings.CLOUD_CONNECTOR["ENDED_RETENTION"])
-        recent = ~Q(state=DeviceSession.State.ENDED) | Q(ended_at__gte=timezone.now() - retention)
-        return scope.device_sessions_in_scope(principal=principal).filter(recent).order_by("-created_at", "id")
+        return sessions.listed(scope.device_sessions_in_scope(principal=principal)).order_by("-created_at", "id")
 
     def perform_destroy(self, instance: DeviceSession) -> None:
         connector.device_session_end(session=instance, actor=self.principal)

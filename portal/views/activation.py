@@ -11,6 +11,7 @@ from django.shortcuts import redirect, render
 from accounts.scope import Level, merchant_aggregators_in_scope, merchants_in_scope, stores_in_scope, tenants_in_scope
 from connector import services as connector_services
 from connector.models import Device, DeviceSession
+from connector.sessions import LIVE
 from portal.device_status import device_state, devices_for_portal
 from portal.views.base import portal_view, principal_of, require_level, require_write, scoped_get
 
@@ -81,7 +82,7 @@ def switch(request: HttpRequest, *, obj, action: str, noun: str, devices) -> Htt
         raise PermissionDenied(ONLY_AGGREGATORS)
     if request.method == "POST":
         return _switch_now(request, obj=obj, action=action, noun=noun)
-    live = DeviceSession.objects.filter(device__in=devices).exclude(state=DeviceSession.State.ENDED).count()
+    live = DeviceSession.objects.filter(LIVE, device__in=devices).count()
     context = {
         "section": "devices" if noun == "device" else "cloud_connector",
         "obj": obj,

@@ -38,11 +38,11 @@ def application_create(request: HttpRequest) -> HttpResponse:
     require_level(request, Level.MERCHANT_AGGREGATOR)
     principal = require_write(request)
     aggregators = merchant_aggregators_in_scope(principal=principal).order_by("name")
-    form = ApplicationCreateForm(request.POST or None, merchant_aggregators=aggregators)
+    form = ApplicationCreateForm(request.POST or None, parents=aggregators)
     if request.method == "POST" and form.is_valid():
         try:
             issued = account_services.cloud_application_create(
-                merchant_aggregator=form.chosen_merchant_aggregator(),
+                merchant_aggregator=form.chosen_parent(),
                 name=form.cleaned_data["name"],
                 actor=principal,
             )

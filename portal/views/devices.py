@@ -10,7 +10,8 @@ from django.shortcuts import redirect, render
 from accounts.errors import Conflict
 from accounts.scope import Level, cloud_applications_in_scope, device_sessions_in_scope, pos_in_scope, stores_in_scope
 from connector.services import device_session_end
-from portal.device_status import LIVE_STATES, device_state, devices_filtered, devices_for_portal
+from connector.sessions import LIVE
+from portal.device_status import device_state, devices_filtered, devices_for_portal
 from portal.forms import DeviceFilterForm, TerminalConfigForm
 from portal.terminal_config import terminal_config
 from portal.views.activation import switch
@@ -104,7 +105,7 @@ def device_switch(request: HttpRequest, pk: int, action: str) -> HttpResponse:
 def device_session_end_view(request: HttpRequest, pk: int) -> HttpResponse:
     principal = require_write(request)
     device = _device(request, pk)
-    session = device_sessions_in_scope(principal=principal).filter(device=device, state__in=LIVE_STATES).first()
+    session = device_sessions_in_scope(principal=principal).filter(LIVE, device=device).first()
     if request.method == "POST":
         try:
             if session is None:

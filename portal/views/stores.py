@@ -40,11 +40,11 @@ def store_list(request: HttpRequest) -> HttpResponse:
 def store_create(request: HttpRequest) -> HttpResponse:
     principal = require_write(request)
     merchants = merchants_in_scope(principal=principal).order_by("name")
-    form = StoreCreateForm(request.POST or None, merchants=merchants)
+    form = StoreCreateForm(request.POST or None, parents=merchants)
     if request.method == "POST" and form.is_valid():
         try:
             store = account_services.store_create(
-                merchant=form.chosen_merchant(), name=form.cleaned_data["name"], actor=principal
+                merchant=form.chosen_parent(), name=form.cleaned_data["name"], actor=principal
             )
         except Invalid as error:
             apply_domain_error(form, error)
