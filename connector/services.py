@@ -131,7 +131,7 @@ def tenant_is_subscribed(*, tenant: Tenant) -> bool:
 
 
 def is_active(*, obj: MerchantAggregator | Merchant | Device) -> bool:
-    return Activation.objects.filter(**{_level_field(obj): obj}, service__code=CLOUD_CONNECTOR).exists()
+    return Activation.objects.filter(**{activation_level(obj): obj}, service__code=CLOUD_CONNECTOR).exists()
 
 
 # --- subscriptions -------------------------------------------------------------------------
@@ -162,7 +162,7 @@ def subscription_delete(*, subscription: Subscription, actor: Principal) -> None
 # --- activation ----------------------------------------------------------------------------
 
 
-def _level_field(obj: MerchantAggregator | Merchant | Device) -> str:
+def activation_level(obj: MerchantAggregator | Merchant | Device) -> str:
     if isinstance(obj, MerchantAggregator):
         return "merchant_aggregator"
     if isinstance(obj, Merchant):
@@ -180,6 +180,12 @@ ACTIVATION_AUTHORITY = {
     "merchant": Level.MERCHANT_AGGREGATOR,
     "device": Level.MERCHANT,
 }
+
+
+def may_switch(*, actor: Principal, level: str) -> bool:
+    """May `actor` switch Cloud Connector on or off at `level` (activation_level's names)?
+    What service_activate and service_deactivate require, for pages that offer the switch."""
+    return actor.can_write and actor.level <= ACTIVATION_AUTHORITY[level]
 
 
 def _devices_beneath(obj: MerchantAggregator | Merchant | Device) -> QuerySet[Device]:
@@ -203,7 +209,7 @@ def service_activate(*, obj: MerchantAggregator | Merchant | Device, actor: Prin
     """Activate Cloud Connector for an MA, a merchant or a device. Activating an MA or a
     merchant also activates every device beneath it now. Returns how many devices were
     newly activated (the object itself included when it is a device)."""
-    level = _level_field(obj)
+    level = activation_level(obj)
     require_level(actor, ACTIVATION_AUTHORITY[level])
     service = cloud_connector()
     _, created = Activation.objects.get_or_create(service=service, **{level: obj})
@@ -228,7 +234,7 @@ def service_activate(*, obj: MerchantAggregator | Merchant | Device, actor: Prin
 def service_deactivate(*, obj: MerchantAggregator | Merchant | Device, actor: Principal) -> None:
     """Deactivate at one level. Devices beneath keep their own activation, but none of
     them is usable while a level above is inactive; their live sessions end."""
-    level = _level_field(obj)
+    level = activation_level(obj)
     require_level(actor, ACTIVATION_AUTHORITY[level])
     Activation.objects.filter(service__code=CLOUD_CONNECTOR, **{level: obj}).delete()
     audit_record(actor=actor, action=f"{level}.cloud_connector.deactivate", obj=obj, tenant_id=_tenant_id(obj))

@@ -68,7 +68,7 @@ def cloud_connector(request: HttpRequest) -> HttpResponse:
         "aggregators": _aggregators(request).annotate(device_count=Count("merchants__devices", distinct=True)),
         "merchants": _merchants(request).order_by("merchant_aggregator__name", "name"),
         "subscribed": {t.pk: connector_services.tenant_is_subscribed(tenant=t) for t in tenants[:50]},
-        "can_switch": principal.can_write and principal.level <= Level.MERCHANT_AGGREGATOR,
+        "can_switch": connector_services.may_switch(actor=principal, level="merchant"),
     }
     return render(request, "portal/cloud_connector.html", context)
 
@@ -78,7 +78,7 @@ def switch(request: HttpRequest, *, obj, action: str, noun: str, devices) -> Htt
     if action not in ACTIONS:
         raise Http404("Not found")
     principal = require_write(request)
-    if principal.level > Level.MERCHANT_AGGREGATOR and noun != "device":
+    if not connector_services.may_switch(actor=principal, level=connector_services.activation_level(obj)):
         raise PermissionDenied(ONLY_AGGREGATORS)
     if request.method == "POST":
         return _switch_now(request, obj=obj, action=action, noun=noun)
