@@ -279,13 +279,9 @@ async def _register(
     credentials: protocol.ClientCredentials | None, bearer: str | None, *, address: str, tsn: str, endpoints: list[str]
 ) -> sessions.Registration:
     if credentials is None:
-        try:
-            return await db(
-                sessions.device_register_with_token, address=address, raw_token=bearer, tsn=tsn, endpoints=endpoints
-            )
-        except (sessions.InvalidToken, sessions.InsufficientScope) as error:
-            # §3 answers every credential failure, tokens included, with invalid_client.
-            raise sessions.InvalidClient(error.message) from None
+        return await db(
+            sessions.device_register_with_token, address=address, raw_token=bearer, tsn=tsn, endpoints=endpoints
+        )
     secret = credentials.client_secret
     outcome = await db(
         sessions.device_register_with_client,

@@ -188,7 +188,7 @@ def may_switch(*, actor: Principal, level: str) -> bool:
     return actor.can_write and actor.level <= ACTIVATION_AUTHORITY[level]
 
 
-def _devices_beneath(obj: MerchantAggregator | Merchant | Device) -> QuerySet[Device]:
+def devices_beneath(obj: MerchantAggregator | Merchant | Device) -> QuerySet[Device]:
     if isinstance(obj, MerchantAggregator):
         return Device.objects.filter(merchant__merchant_aggregator=obj)
     if isinstance(obj, Merchant):
@@ -217,7 +217,7 @@ def service_activate(*, obj: MerchantAggregator | Merchant | Device, actor: Prin
         # The device's own activation is the one just made: count it, there is nothing beneath.
         audit_record(actor=actor, action="device.cloud_connector.activate", obj=obj, tenant_id=_tenant_id(obj))
         return int(created)
-    devices = _devices_beneath(obj).exclude(activations__service=service)
+    devices = devices_beneath(obj).exclude(activations__service=service)
     new = [Activation(service=service, device_id=pk) for pk in devices.values_list("pk", flat=True)]
     Activation.objects.bulk_create(new, ignore_conflicts=True)
     audit_record(
@@ -238,12 +238,19 @@ def service_deactivate(*, obj: MerchantAggregator | Merchant | Device, actor: Pr
     require_level(actor, ACTIVATION_AUTHORITY[level])
     Activation.objects.filter(service__code=CLOUD_CONNECTOR, **{level: obj}).delete()
     audit_record(actor=actor, action=f"{level}.cloud_connector.deactivate", obj=obj, tenant_id=_tenant_id(obj))
-    events.devices_changed(devices=_devices_beneath(obj))
+    events.devices_changed(devices=devices_beneath(obj))
 
 
-def activation_impact(*, obj: MerchantAggregator | Merchant) -> int:
+def activation_impact(*, obj: MerchantAggregator | Merchant | Device) -> int:
     """How many devices an activation or deactivation of `obj` would touch."""
-    return _devices_beneath(obj).count()
+    return devices_beneath(obj).count()
+
+
+def live_sessions_beneath(*, obj: MerchantAggregator | Merchant | Device) -> int:
+    """How many live sessions the devices beneath `obj` have, for a confirmation page."""
+    return (
+        DeviceSession.objects.filter(device__in=devices_beneath(obj)).exclude(state=DeviceSession.State.ENDED).count()
+    )
 
 
 # --- devices -------------------------------------------------------------------------------

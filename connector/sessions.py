@@ -612,10 +612,13 @@ def device_register_with_client(
 
 def device_register_with_token(*, address: str, raw_token: str, tsn: str, endpoints: list[str]) -> Registration:
     """Registration with an access token: RateLimited if the address failed too often,
-    InvalidToken / InsufficientScope for the token, then `device_register`."""
-    return device_register(
-        caller=registration_bearer(address=address, raw_token=raw_token), tsn=tsn, endpoints=endpoints
-    )
+    InvalidClient for any fault of the token (§3 answers every credential failure, tokens
+    included, with invalid_client), then `device_register`."""
+    try:
+        caller = registration_bearer(address=address, raw_token=raw_token)
+    except (InvalidToken, InsufficientScope) as error:
+        raise InvalidClient(error.message) from None
+    return device_register(caller=caller, tsn=tsn, endpoints=endpoints)
 
 
 # --- claims ----------------------------------------------------------------------------------

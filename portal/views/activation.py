@@ -10,8 +10,6 @@ from django.shortcuts import redirect, render
 
 from accounts.scope import Level, merchant_aggregators_in_scope, merchants_in_scope, stores_in_scope, tenants_in_scope
 from connector import services as connector_services
-from connector.models import Device, DeviceSession
-from connector.sessions import LIVE
 from portal.device_status import device_state, devices_for_portal
 from portal.views.base import portal_view, principal_of, require_level, require_write, scoped_get
 
@@ -73,7 +71,7 @@ def cloud_connector(request: HttpRequest) -> HttpResponse:
     return render(request, "portal/cloud_connector.html", context)
 
 
-def switch(request: HttpRequest, *, obj, action: str, noun: str, devices) -> HttpResponse:
+def switch(request: HttpRequest, *, obj, action: str, noun: str) -> HttpResponse:
     """Confirm (GET, with what it will touch) and then do (POST) an activation switch."""
     if action not in ACTIONS:
         raise Http404("Not found")
@@ -82,14 +80,13 @@ def switch(request: HttpRequest, *, obj, action: str, noun: str, devices) -> Htt
         raise PermissionDenied(ONLY_AGGREGATORS)
     if request.method == "POST":
         return _switch_now(request, obj=obj, action=action, noun=noun)
-    live = DeviceSession.objects.filter(LIVE, device__in=devices).count()
     context = {
         "section": "devices" if noun == "device" else "cloud_connector",
         "obj": obj,
         "noun": noun,
         "action": action,
-        "impact": 1 if noun == "device" else connector_services.activation_impact(obj=obj),
-        "live_sessions": live,
+        "impact": connector_services.activation_impact(obj=obj),
+        "live_sessions": connector_services.live_sessions_beneath(obj=obj),
     }
     return render(request, "portal/activation_confirm.html", context)
 
@@ -112,11 +109,10 @@ def _switch_now(request: HttpRequest, *, obj, action: str, noun: str) -> HttpRes
 @portal_view
 def aggregator_switch(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     obj = scoped_get(merchant_aggregators_in_scope(principal=principal_of(request)), pk)
-    devices = Device.objects.filter(merchant__merchant_aggregator=obj)
-    return switch(request, obj=obj, action=action, noun="merchant aggregator", devices=devices)
+    return switch(request, obj=obj, action=action, noun="merchant aggregator")
 
 
 @portal_view
 def merchant_switch(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     obj = scoped_get(merchants_in_scope(principal=principal_of(request)), pk)
-    return switch(request, obj=obj, action=action, noun="merchant", devices=Device.objects.filter(merchant=obj))
+    return switch(request, obj=obj, action=action, noun="merchant")

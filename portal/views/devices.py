@@ -98,7 +98,7 @@ def device_state_fragment(request: HttpRequest, pk: int) -> HttpResponse:
 @portal_view
 def device_switch(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     device = _device(request, pk)
-    return switch(request, obj=device, action=action, noun="device", devices=[device])
+    return switch(request, obj=device, action=action, noun="device")
 
 
 @portal_view
