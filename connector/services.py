@@ -126,6 +126,12 @@ def with_cloud_connector_active(queryset: QuerySet, *, level: str) -> QuerySet:
     )
 
 
+def with_subscribed(queryset: QuerySet) -> QuerySet:
+    """Annotate objects with a `tenant_id` (merchant aggregators) with `subscribed`."""
+    subscription = Subscription.objects.filter(tenant_id=OuterRef("tenant_id"), service__code=CLOUD_CONNECTOR)
+    return queryset.annotate(subscribed=Exists(subscription))
+
+
 def tenant_is_subscribed(*, tenant: Tenant) -> bool:
     return Subscription.objects.filter(tenant=tenant, service__code=CLOUD_CONNECTOR).exists()
 

@@ -8,7 +8,7 @@ from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
-from accounts.scope import Level, merchant_aggregators_in_scope, merchants_in_scope, stores_in_scope, tenants_in_scope
+from accounts.scope import Level, merchant_aggregators_in_scope, merchants_in_scope, stores_in_scope
 from connector import services as connector_services
 from portal.device_status import device_state, devices_for_portal
 from portal.views.base import portal_view, principal_of, require_level, require_write, scoped_get
@@ -60,12 +60,12 @@ def cloud_connector(request: HttpRequest) -> HttpResponse:
     principal = principal_of(request)
     if principal.level == Level.NOTHING:
         raise Http404("Not found")
-    tenants = tenants_in_scope(principal=principal)
     context = {
         "section": "cloud_connector",
-        "aggregators": _aggregators(request).annotate(device_count=Count("merchants__devices", distinct=True)),
+        "aggregators": connector_services.with_subscribed(_aggregators(request)).annotate(
+            device_count=Count("merchants__devices", distinct=True)
+        ),
         "merchants": _merchants(request).order_by("merchant_aggregator__name", "name"),
-        "subscribed": {t.pk: connector_services.tenant_is_subscribed(tenant=t) for t in tenants[:50]},
         "can_switch": connector_services.may_switch(actor=principal, level="merchant"),
     }
     return render(request, "portal/cloud_connector.html", context)

@@ -105,3 +105,10 @@ def test_the_cloud_connector_page_shows_each_level(world):
     assert marker in page
     row = page.split(marker)[1].split("</tr>")[0]
     assert "active" in row and "Deactivate…" in row
+
+
+def test_the_cloud_connector_page_shows_a_subscribed_tenant_as_subscribed(world):
+    connector_services.subscription_create(tenant=world.tenant, actor=SYSTEM)
+    page = client_for(world.ma_admin).get(reverse("portal:cloud_connector")).content.decode()
+    assert '<span class="badge ok">subscribed</span>' in page
+    assert "not subscribed" not in page
