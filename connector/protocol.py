@@ -10,6 +10,12 @@ Decisions where the contract is silent:
   `endpoints` list is refused (a terminal that serves nothing cannot come online).
 - A `flow_id` is echoed when it is a string or a number (numbers are echoed as sent).
   Anything else cannot be echoed and the response carries `null`.
+- A control message is read totally (`read_json`): JSON that Python reads but that cannot
+  travel back out as strict JSON in UTF-8 is a 400 `invalid_request` wherever it sits,
+  with the `flow_id` echoed when the `flow_id` itself is fine: `NaN` and `Infinity`,
+  numbers beyond a float's range or past Python's 4300-digit integer limit, lone
+  surrogates (`"\\ud800"`), and nesting deeper than `MAX_DEPTH`. Text frames that are not
+  UTF-8 never reach the application: the server closes them with 1007 (RFC 6455 §8.1).
 - Control messages on `device-listener` and `pos-listener` are small JSON documents: one
   larger than `CONTROL_MESSAGE_LIMIT` closes the socket with 1009 like an oversized relay
   frame would.
@@ -28,6 +34,7 @@ from __future__ import annotations
 import enum
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,12 +51,20 @@ MAX_ENDPOINTS = 16
 MAX_ENDPOINT_LENGTH = 255
 MAX_TSN_LENGTH = 200
 CONTROL_MESSAGE_LIMIT = 64 * 1024
+# Control messages are a few levels deep; this leaves room for any data a client attaches
+# while keeping every walk over a message far from Python's recursion limit.
+MAX_DEPTH = 32
 DEFAULT_ENDPOINTS = ("/",)
 
 ENDPOINT_RE = re.compile(r"^/([A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*)?$")
 TSN_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 # token_urlsafe(24) is 32 characters; accept a little range so the format can grow.
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
+# The patterns above are used with fullmatch: their `$` alone would let a trailing "\n" in.
+SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# A JSON string token (an unterminated one runs to the end, so that a scan stays linear),
+# or a bracket: enough to measure nesting without parsing.
+_JSON_NESTING_RE = re.compile(r'"(?:[^"\\]++|\\.)*+"?|[\[\]{}]', re.DOTALL)
 
 
 class Close(enum.IntEnum):
@@ -147,23 +162,107 @@ class Request:
 
 
 def _echoable(flow_id: Any) -> Any:
-    if isinstance(flow_id, bool) or not isinstance(flow_id, str | int | float):
+    """The flow_id as it can be sent back in strict JSON and UTF-8, else None."""
+    if isinstance(flow_id, str):
+        return None if SURROGATE_RE.search(flow_id) else flow_id
+    if isinstance(flow_id, float):
+        return flow_id if math.isfinite(flow_id) else None
+    if isinstance(flow_id, bool) or not isinstance(flow_id, int):
         return None
     return flow_id
+
+
+class _Unusable:
+    """Stands in, while a message is read, for a value that JSON allows but the protocol
+    cannot carry back (NaN, infinities, numbers out of range); never leaves `read_json`."""
+
+
+_UNUSABLE = _Unusable()
+
+
+def _finite_float(literal: str) -> float | _Unusable:
+    value = float(literal)  # 1e999 reads as inf
+    return value if math.isfinite(value) else _UNUSABLE
+
+
+def _bounded_int(literal: str) -> int | _Unusable:
+    try:
+        return int(literal)
+    except ValueError:  # past sys.get_int_max_str_digits() (4300) digits
+        return _UNUSABLE
+
+
+_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_int=_bounded_int, parse_constant=lambda _name: _UNUSABLE)
+
+
+def _nesting_cut(text: str) -> str | None:
+    """`text` with every array or object deeper than MAX_DEPTH replaced by `null`, or None
+    when nothing is that deep. Lets the flow_id of a too-deep message be read without
+    recursing into its depths."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return None  # cannot be deeper than it has brackets
+    depth, cut_from, kept, start = 0, None, [], 0
+    for token in _JSON_NESTING_RE.finditer(text):
+        mark = token.group()
+        if mark in "[{":
+            depth += 1
+            if depth == MAX_DEPTH + 1:
+                cut_from = token.start()
+        elif mark in "]}":
+            if depth == MAX_DEPTH + 1 and cut_from is not None:
+                kept += [text[start:cut_from], "null"]
+                start, cut_from = token.end(), None
+            depth = max(depth - 1, 0)
+    if cut_from is not None:  # never closed: the text is not JSON anyway
+        kept.append(text[start:cut_from])
+        start = len(text)
+    return None if not kept else "".join(kept) + text[start:]
+
+
+def _flaw(document: Any) -> str | None:
+    """What in a decoded document the protocol cannot carry, or None. Iterative: the
+    document may be MAX_DEPTH deep."""
+    pending = [document]
+    while pending:
+        value = pending.pop()
+        if value is _UNUSABLE:
+            return "Numbers must be finite JSON numbers (no NaN or Infinity) of at most 4300 digits."
+        if isinstance(value, str) and SURROGATE_RE.search(value):
+            return "Strings must be valid Unicode (no lone surrogates such as \\ud800)."
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return None
+
+
+def read_json(text: str) -> tuple[Any, str | None]:
+    """A JSON document from a client, and what makes it unusable (None when nothing does):
+    NaN, infinities, numbers out of range, lone surrogates, nesting beyond MAX_DEPTH. The
+    document is read even when flawed so that a usable flow_id can be echoed. Text that
+    is not JSON at all is a ProtocolError."""
+    cut = _nesting_cut(text)
+    try:
+        document = _DECODER.decode(text if cut is None else cut)
+    except (ValueError, RecursionError):
+        raise ProtocolError("The message is not JSON.") from None
+    if cut is not None:
+        return document, f"JSON nested deeper than {MAX_DEPTH} levels."
+    return document, _flaw(document)
 
 
 def parse_request(text: str | None) -> Request:
     """A control request from a text frame, or ProtocolError (with the flow_id if readable)."""
     if text is None:
         raise ProtocolError("Control messages are JSON text frames, not binary.")
-    try:
-        document = json.loads(text)
-    except (ValueError, RecursionError):
-        raise ProtocolError("The message is not JSON.") from None
+    document, flaw = read_json(text)
     if not isinstance(document, dict) or not isinstance(document.get("request"), dict):
         raise ProtocolError('Expected {"request": {"flow_id": ..., "resource": {...}}}.')
     request = document["request"]
     flow_id = _echoable(request.get("flow_id"))
+    if flaw is not None:
+        raise ProtocolError(flaw, flow_id=flow_id)
     if "flow_id" not in request or flow_id is None:
         raise ProtocolError("The request has no usable flow_id (a string).", flow_id=flow_id)
     resource = request.get("resource")
@@ -173,7 +272,16 @@ def parse_request(text: str | None) -> Request:
 
 
 def dumps(document: dict[str, Any]) -> str:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    # allow_nan=False: an answer is strict JSON or nothing; what a client sent reaches an
+    # answer only through _echoable and shown, which keep NaN and surrogates out.
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A client's value quoted in an error message: repr escapes surrogates, and the
+    length is bounded whatever the client sent."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def ok_response(flow_id: Any, **fields: Any) -> str:
@@ -204,8 +312,8 @@ def validate_endpoints(value: Any) -> list[str]:
         raise ProtocolError("endpoints must be a non-empty list of paths.")
     endpoints: list[str] = []
     for item in value:
-        if not isinstance(item, str) or len(item) > MAX_ENDPOINT_LENGTH or not ENDPOINT_RE.match(item):
-            raise ProtocolError(f"Invalid endpoint {item!r}: expected a path such as /upp/v1/transaction.")
+        if not isinstance(item, str) or len(item) > MAX_ENDPOINT_LENGTH or not ENDPOINT_RE.fullmatch(item):
+            raise ProtocolError(f"Invalid endpoint {shown(item)}: expected a path such as /upp/v1/transaction.")
         if item not in endpoints:
             endpoints.append(item)
     if len(endpoints) > MAX_ENDPOINTS:
@@ -219,13 +327,13 @@ def endpoint_from_path(rest: str | None) -> str | None:
     if not rest or rest == "/":
         return "/"
     endpoint = rest if rest.startswith("/") else f"/{rest}"
-    if len(endpoint) > MAX_ENDPOINT_LENGTH or not ENDPOINT_RE.match(endpoint):
+    if len(endpoint) > MAX_ENDPOINT_LENGTH or not ENDPOINT_RE.fullmatch(endpoint):
         return None
     return endpoint
 
 
 def is_session_id(value: str) -> bool:
-    return bool(SESSION_ID_RE.match(value))
+    return bool(SESSION_ID_RE.fullmatch(value))
 
 
 def parse_tsn(value: Any) -> str:
@@ -234,7 +342,7 @@ def parse_tsn(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ProtocolError("tsn is required: the serial number or {make}-{model}-{serial}.")
     tsn = value.strip()
-    if len(tsn) > MAX_TSN_LENGTH or not TSN_RE.match(tsn):
+    if len(tsn) > MAX_TSN_LENGTH or not TSN_RE.fullmatch(tsn):
         raise ProtocolError("tsn may contain only letters, digits, '.', '_' and '-'.")
     return tsn
 
@@ -252,14 +360,19 @@ def parse_registration_data(value: Any) -> ClientCredentials | None:
         return None
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except ValueError:
+            value, flaw = read_json(value)
+        except ProtocolError:
             raise ProtocolError("custom_registration_data is a string but not a JSON object.") from None
+        if flaw is not None:
+            raise ProtocolError(f"custom_registration_data: {flaw}")
     if not isinstance(value, dict):
         raise ProtocolError("custom_registration_data must be an object with client_id and client_secret.")
     client_id, secret = value.get("client_id"), value.get("client_secret")
     if not isinstance(client_id, str) or not isinstance(secret, str) or not client_id or not secret:
         raise ProtocolError("custom_registration_data needs client_id and client_secret strings.")
+    if "\x00" in client_id or "\x00" in secret:
+        # No credential holds one, and PostgreSQL refuses it in a query parameter.
+        raise ProtocolError("client_id and client_secret cannot contain NUL characters.")
     return ClientCredentials(client_id=client_id, client_secret=secret)
 
 
@@ -275,6 +388,10 @@ def parse_session_id(resource: dict[str, Any]) -> str:
     session_id = resource.get("session_id")
     if not isinstance(session_id, str) or not session_id:
         raise ProtocolError("session_id is required.")
+    if not is_session_id(session_id):
+        # No session has such an id: answered as any unknown session is, without a query
+        # (PostgreSQL would refuse a NUL in it).
+        raise ProtocolError("No such session.", code="unknown_session")
     return session_id
 
 

@@ -3,7 +3,8 @@
 The session id is a path segment and the endpoint is the rest of the path, so that
 `connection_url + E` and `session_url + E` route here for every endpoint E (the root
 endpoint `/` is the bare URL, with or without a trailing slash). The endpoint's syntax is
-checked by the consumer, which answers a bad one with 4404 instead of a failed handshake.
+checked by the consumer, which answers a bad one with 4404 instead of a failed handshake;
+so does every path outside the four routes.
 """
 
 from django.urls import re_path
@@ -18,6 +19,7 @@ websocket_urlpatterns: list = [
     re_path(r"^cloud-connector/v1/pos-listener/?$", consumers.PosListenerConsumer.as_asgi()),
     re_path(rf"^cloud-connector/v1/device/{_SESSION}{_ENDPOINT}$", consumers.DeviceSocketConsumer.as_asgi()),
     re_path(rf"^cloud-connector/v1/session/{_SESSION}{_ENDPOINT}$", consumers.PosSessionConsumer.as_asgi()),
-    # Anything else under the prefix: accepted and closed with 4404, not a failed handshake.
-    re_path(r"^cloud-connector/", consumers.NotFoundConsumer.as_asgi()),
+    # Any other path, under the prefix or not: accepted and closed with 4404. Without a
+    # route, Channels' router raises "No route found" and the handshake fails with a 500.
+    re_path(r"", consumers.NotFoundConsumer.as_asgi()),
 ]

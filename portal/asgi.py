@@ -10,6 +10,9 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from connector.routing import websocket_urlpatterns  # noqa: E402
+from portal import server_logs  # noqa: E402
+
+server_logs.install()
 
 application = ProtocolTypeRouter(
     {

@@ -122,6 +122,9 @@ def test_endpoints_keep_their_order_and_drop_repeats():
         [7],
         ["/" + "a" * 300],
         [f"/e{i}" for i in range(17)],
+        ["/upp\n"],
+        ["/\ud800"],
+        [{"path": "/upp"}],
     ],
 )
 def test_it_refuses_bad_endpoints(endpoints):
@@ -144,6 +147,7 @@ def test_sixteen_endpoints_are_accepted():
         ("/upp/", None),
         ("/a b", None),
         ("//x", None),
+        ("/upp\n", None),
     ],
 )
 def test_the_endpoint_of_a_socket_url(rest, endpoint):
@@ -196,6 +200,13 @@ def test_session_ids_are_url_safe_and_long_enough():
     assert protocol.is_session_id("A" * 32)
     assert not protocol.is_session_id("short")
     assert not protocol.is_session_id("a/b" * 10)
+    assert not protocol.is_session_id("A" * 32 + "\n")
+
+
+def test_an_answer_is_never_written_with_nan_or_infinity():
+    for number in (float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            protocol.ok_response("1", value=number)
 
 
 def test_urls_come_from_the_public_url_or_the_host():
