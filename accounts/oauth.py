@@ -43,6 +43,7 @@ from accounts.credentials import (
 )
 from accounts.models import Application
 from accounts.scope import principal_for_application
+from accounts.throttles import TokenAddressRateThrottle, TokenClientRateThrottle
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,16 @@ DOMAIN_KEY = "cloud_connector.oauth_domain"
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 BASIC_CHALLENGE = 'Basic realm="cloud-connector", charset="UTF-8"'
+
+
+class RateLimited(Exception):
+    """Too many requests of one address or one client: answered 429 `rate_limited`."""
+
+    def __init__(self, retry_after: int, whom: str) -> None:
+        super().__init__(whom)
+        self.retry_after = retry_after
+        self.whom = whom
+
 
 # --- what a credential may do ------------------------------------------------------------
 
@@ -233,6 +244,10 @@ class TenantOAuth2Validator(OAuth2Validator):
         refusal = credential_refusal(application=application, domain=request.headers.get(DOMAIN_KEY))
         if refusal is not None:
             raise errors.InvalidClientError(description=f"Client authentication failed. {refusal}", request=request)
+        throttle = TokenClientRateThrottle()
+        if not throttle.allow(application.client_id):
+            # Not an oauthlib error, which could only answer 400 or 401: the view answers 429.
+            raise RateLimited(int(throttle.wait()), "this client")
         request.client = application
         return True
 
@@ -281,6 +296,18 @@ def oauth_error(status: int, error: str, description: str) -> HttpResponse:
     return oauth_response(status, {"error": error, "error_description": description})
 
 
+def rate_limited(limit: RateLimited) -> HttpResponse:
+    """429 in the shape of RFC 6749 §5.2 (`rate_limited` is no code of the RFC's: none of
+    its codes says "come back later"), with Retry-After (RFC 9110 §10.2.3)."""
+    response = oauth_error(
+        429,
+        "rate_limited",
+        f"Too many requests from {limit.whom}; retry after {limit.retry_after} seconds.",
+    )
+    response["Retry-After"] = str(limit.retry_after)
+    return response
+
+
 class DomainEndpointMixin:
     """POST only, form-encoded only, the domain on the request, errors as OAuth2 JSON."""
 
@@ -314,6 +341,22 @@ class DomainEndpointMixin:
             return answer()
         return response
 
+    def answer(self, request: HttpRequest, respond) -> HttpResponse:
+        """`respond(request)`'s answer, unless the address is over its limit (counted before
+        anything else: a flood must not cost a password hash per request) or the request is
+        malformed."""
+        address = TokenAddressRateThrottle()
+        if not address.allow_request(request, self):
+            return rate_limited(RateLimited(int(address.wait()), "this address"))
+        refusal = self.malformed(request)
+        if refusal is not None:
+            return refusal
+        try:
+            _, headers, body, status = respond(request)
+        except RateLimited as limit:
+            return rate_limited(limit)
+        return self.oauthlib_answer(headers, body, status)
+
     def malformed(self, request: HttpRequest) -> HttpResponse | None:
         """An invalid_request answer for a request oauthlib should not see, or None."""
         if request.META.get("QUERY_STRING"):
@@ -326,6 +369,11 @@ class DomainEndpointMixin:
             return oauth_error(400, "invalid_request", "The request body is too large or has too many fields.")
         if has_body and request.content_type != FORM_CONTENT_TYPE:
             return oauth_error(400, "invalid_request", f"The request body must be {FORM_CONTENT_TYPE}.")
+        # RFC 6749 §3.2: no parameter more than once. The toolkit hands oauthlib only the
+        # last value of each (QueryDict.items()), so oauthlib never sees a repetition.
+        repeated = sorted(name for name, values in request.POST.lists() if len(values) > 1)
+        if repeated:
+            return oauth_error(400, "invalid_request", f"Repeated parameter: {', '.join(repeated)}.")
         return None
 
     def oauthlib_answer(self, headers: dict, body: str, status: int) -> HttpResponse:
@@ -371,11 +419,7 @@ class TenantTokenView(DomainEndpointMixin, TokenView):
         return await db_threads.run(self.token_answer, request)
 
     def token_answer(self, request: HttpRequest) -> HttpResponse:
-        refusal = self.malformed(request)
-        if refusal is not None:
-            return refusal
-        _, headers, body, status = self.create_token_response(request)
-        return self.oauthlib_answer(headers, body, status)
+        return self.answer(request, self.create_token_response)
 
 
 @method_decorator(csrf_exempt, name="dispatch")
@@ -384,10 +428,6 @@ class TenantRevokeTokenView(DomainEndpointMixin, RevokeTokenView):
     """`POST /oauth2/v1/{domain}/revoke` (RFC 7009): 200 whether or not the token existed."""
 
     def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        refusal = self.malformed(request)
-        if refusal is not None:
-            return refusal
         # The revocation itself is one transaction (access_token_revoke); the client
         # authentication before it, a slow password hash, holds no database lock.
-        _, headers, body, status = self.create_revocation_response(request)
-        return self.oauthlib_answer(headers, body, status)
+        return self.answer(request, self.create_revocation_response)

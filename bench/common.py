@@ -67,6 +67,13 @@ def raise_fd_limit() -> int:
 
 
 BENCH_SECRET_KEY = secrets.token_urlsafe(48)
+BENCH_JWT_KEY = secrets.token_urlsafe(48)
+# The benchmark is one client on one address that fetches a token per session (tens a
+# second): far beyond what the rate limits allow any real client, so they are lifted here.
+BENCH_RATES = {
+    name: "1000000/min"
+    for name in ("TOKEN_RATE_PER_ADDRESS", "TOKEN_RATE_PER_CLIENT", "API_RATE_PER_ADDRESS", "API_RATE_PER_CREDENTIAL")
+}
 
 
 def server_env(settings: str = "portal.settings", *, port: int | None = None) -> dict[str, str]:
@@ -75,6 +82,10 @@ def server_env(settings: str = "portal.settings", *, port: int | None = None) ->
     env = {**os.environ, "DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL, "LOG_LEVEL": "WARNING"}
     env.setdefault("DB_CONN_MAX_AGE", "60")  # docs/deploy.md recommends persistent connections
     env.update(DEBUG="false", SECRET_KEY=BENCH_SECRET_KEY, ALLOWED_HOSTS="127.0.0.1", SECURE_SSL_REDIRECT="false")
+    # Production refuses to start without dedicated device-token keys and a mail backend
+    # that delivers (docs/deploy.md); the benchmark sends no mail.
+    env.update(CC_JWT_KEYS=f"bench:{BENCH_JWT_KEY}", EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend")
+    env.update(BENCH_RATES)
     if port is not None:
         env["CC_PUBLIC_WS_URL"] = f"ws://127.0.0.1:{port}"
     env["DJANGO_SETTINGS_MODULE"] = settings

@@ -14,6 +14,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 STRONG_KEY = "k" * 20 + "-production-secret-key-0123456789"
+JWT_KEY = "j" * 16 + "-device-token-signing-key-0123456789"
+# What production needs besides SECRET_KEY (docs/deploy.md).
+PRODUCTION = {
+    "DEBUG": "0",
+    "SECRET_KEY": STRONG_KEY,
+    "CC_JWT_KEYS": f"k1:{JWT_KEY}",
+    "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+}
 
 DUMP = """
 import json, django
@@ -33,6 +41,10 @@ print(json.dumps({
     "SECURE_SSL_REDIRECT": s.SECURE_SSL_REDIRECT,
     "SECURE_PROXY_SSL_HEADER": s.SECURE_PROXY_SSL_HEADER,
     "JWT_LIFETIME": s.CLOUD_CONNECTOR["JWT_LIFETIME"],
+    "JWT_KEYS": s.CLOUD_CONNECTOR["JWT_KEYS"],
+    "EMAIL_BACKEND": s.EMAIL_BACKEND,
+    "THROTTLE_RATES": s.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
+    "MIDDLEWARE": s.MIDDLEWARE,
 }))
 """
 
@@ -93,7 +105,7 @@ def test_production_mode_refuses_a_weak_secret_key():
 
 
 def test_production_mode_turns_on_secure_cookies_hsts_and_the_proxy_header():
-    settings = configured(DEBUG="0", SECRET_KEY=STRONG_KEY)
+    settings = configured(**PRODUCTION)
     assert settings["DEBUG"] is False
     assert settings["SECRET_KEY"] == STRONG_KEY
     assert settings["SESSION_COOKIE_SECURE"] is True
@@ -107,8 +119,7 @@ def test_production_mode_turns_on_secure_cookies_hsts_and_the_proxy_header():
 def test_production_mode_passes_the_deployment_checks():
     process = run(
         ["manage.py", "check", "--deploy", "--fail-level", "ERROR"],
-        DEBUG="0",
-        SECRET_KEY=STRONG_KEY,
+        **PRODUCTION,
         ALLOWED_HOSTS="cc.example.com",
     )
     assert process.returncode == 0, process.stderr + process.stdout
@@ -121,7 +132,9 @@ def test_production_mode_passes_the_deployment_checks():
 def test_the_secret_key_may_come_from_a_file(tmp_path):
     key_file = tmp_path / "secret"
     key_file.write_text(STRONG_KEY + "\n")
-    assert configured(DEBUG="0", SECRET_KEY_FILE=str(key_file))["SECRET_KEY"] == STRONG_KEY
+    production = {**PRODUCTION, "SECRET_KEY_FILE": str(key_file)}
+    del production["SECRET_KEY"]
+    assert configured(**production)["SECRET_KEY"] == STRONG_KEY
 
 
 def test_database_url_switches_to_postgresql():
@@ -140,13 +153,13 @@ def test_redis_url_switches_to_the_redis_channel_layer():
 
 
 def test_allowed_hosts_is_a_comma_separated_list():
-    settings = configured(DEBUG="0", SECRET_KEY=STRONG_KEY, ALLOWED_HOSTS=" cc.example.com, api.example.com ,")
+    settings = configured(**PRODUCTION, ALLOWED_HOSTS=" cc.example.com, api.example.com ,")
     assert settings["ALLOWED_HOSTS"] == ["cc.example.com", "api.example.com"]
 
 
 @pytest.mark.parametrize(("value", "debug"), [("1", True), ("yes", True), ("ON", True), ("off", False), ("No", False)])
 def test_debug_understands_the_usual_booleans(value, debug):
-    assert configured(DEBUG=value, SECRET_KEY=STRONG_KEY)["DEBUG"] is debug
+    assert configured(**{**PRODUCTION, "DEBUG": value})["DEBUG"] is debug
 
 
 def test_a_bad_debug_value_is_a_clear_error():
@@ -155,3 +168,99 @@ def test_a_bad_debug_value_is_a_clear_error():
 
 def test_a_bad_integer_is_a_clear_error():
     assert refusal(CC_JWT_LIFETIME="soon").endswith("CC_JWT_LIFETIME must be an integer, not 'soon'")
+
+
+# --- production refuses what only suits development (issue 10, item 13) ----------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "x" * 20 + "0123456789abcdefghijklmnopqrs",  # 49 characters
+        "ab" * 40,  # long, but two different characters
+        "django-insecure-" + "0123456789abcdefghijklmnopqrstuvwxyz0123456789",
+    ],
+)
+def test_production_mode_refuses_a_secret_key_that_fails_djangos_own_rule(key):
+    error = refusal(**{**PRODUCTION, "SECRET_KEY": key})
+    assert "SECRET_KEY is too weak for production: at least 50 characters" in error
+
+
+def test_production_mode_refuses_to_start_without_dedicated_jwt_keys():
+    production = {**PRODUCTION}
+    del production["CC_JWT_KEYS"]
+    assert "CC_JWT_KEYS must be set when DEBUG is off" in refusal(**production)
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (JWT_KEY, "entry 1 is not kid:key"),
+        (f"k1:{JWT_KEY},{JWT_KEY}", "entry 2 is not kid:key"),
+        (f":{JWT_KEY}", "entry 1 is not kid:key"),
+        (f"k 1:{JWT_KEY}", "entry 1 is not kid:key"),
+        (f"k1:{JWT_KEY},", "entry 2 is not kid:key"),
+        ("k1:short-key", "the key of 'k1' is shorter than 32 bytes"),
+        (f"k1:{JWT_KEY},k1:{JWT_KEY}x", "the kid 'k1' appears twice"),
+        (f"k1:{STRONG_KEY}", "the key of 'k1' is SECRET_KEY"),
+    ],
+)
+def test_malformed_jwt_keys_are_an_error_not_dropped(keys, message):
+    error = refusal(**{**PRODUCTION, "CC_JWT_KEYS": keys})
+    assert message in error
+    assert JWT_KEY not in error  # key material never in the log
+
+
+def test_malformed_jwt_keys_are_an_error_in_development_too():
+    assert "entry 1 is not kid:key" in refusal(CC_JWT_KEYS="no-colon-here")
+
+
+def test_jwt_keys_are_read_in_order_with_colons_allowed_in_the_key():
+    settings = configured(**{**PRODUCTION, "CC_JWT_KEYS": f" k2:{JWT_KEY}:x , k1.old:{JWT_KEY}"})
+    assert list(settings["JWT_KEYS"].items()) == [("k2", f"{JWT_KEY}:x"), ("k1.old", JWT_KEY)]
+
+
+def test_development_signs_device_tokens_with_the_secret_key_by_default():
+    settings = configured()
+    assert settings["JWT_KEYS"] == {"dev": settings["SECRET_KEY"]}
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        None,
+        "django.core.mail.backends.console.EmailBackend",
+        "django.core.mail.backends.locmem.EmailBackend",
+        "django.core.mail.backends.dummy.EmailBackend",
+    ],
+)
+def test_production_mode_refuses_an_email_backend_that_delivers_nothing(backend):
+    production = {**PRODUCTION}
+    if backend is None:
+        del production["EMAIL_BACKEND"]
+    else:
+        production["EMAIL_BACKEND"] = backend
+    assert "EMAIL_BACKEND must be set to a delivering backend" in refusal(**production)
+
+
+def test_development_prints_mail_on_the_console():
+    assert configured()["EMAIL_BACKEND"] == "django.core.mail.backends.console.EmailBackend"
+
+
+def test_the_login_required_and_csp_middleware_are_installed_in_production():
+    middleware = configured(**PRODUCTION)["MIDDLEWARE"]
+    assert "portal.login_required.PortalLoginRequiredMiddleware" in middleware
+    assert "csp.middleware.CSPMiddleware" in middleware
+
+
+def test_rate_limits_are_read_from_the_environment():
+    rates = configured(TOKEN_RATE_PER_ADDRESS="5/min", API_RATE_PER_CREDENTIAL="100/hour")["THROTTLE_RATES"]
+    assert rates["token_address"] == "5/min"
+    assert rates["api_credential"] == "100/hour"
+    assert rates["token_client"] == "300/min"  # the default
+    assert rates["api_address"] == "3000/min"
+
+
+@pytest.mark.parametrize("rate", ["fast", "0/min", "10/fortnight", "10"])
+def test_a_malformed_rate_is_a_clear_error(rate):
+    assert f"TOKEN_RATE_PER_CLIENT must be a rate such as 1200/min, not {rate!r}" in refusal(TOKEN_RATE_PER_CLIENT=rate)

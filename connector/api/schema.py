@@ -73,9 +73,14 @@ ERRORS = {
         "No Merchant matches the given query.",
     ),
     409: _detail("The request conflicts with the current state.", "The store still has devices."),
+    429: _detail(
+        "Too many requests from this address or with this credential; the Retry-After header says "
+        "in how many seconds to try again.",
+        "Request was throttled. Expected available in 12 seconds.",
+    ),
 }
 
 
 def errors(*codes: int) -> dict[int, OpenApiResponse]:
-    """The documented error answers; 401 and 403 apply to every operation."""
-    return {code: ERRORS[code] for code in sorted({401, 403, *codes})}
+    """The documented error answers; 401, 403 and 429 apply to every operation."""
+    return {code: ERRORS[code] for code in sorted({401, 403, 429, *codes})}

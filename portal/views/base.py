@@ -26,7 +26,7 @@ def principal_of(request: HttpRequest) -> Principal:
     return request._portal_principal
 
 
-def _to_login(request: HttpRequest) -> HttpResponse:
+def to_login(request: HttpRequest) -> HttpResponse:
     if request.headers.get("HX-Request"):
         # A polling fragment must not swap the login page into a table: make htmx reload
         # the whole page at the sign-in form instead.
@@ -49,7 +49,7 @@ def portal_view(view: Callable) -> Callable:
     @never_cache
     def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         if not request.user.is_authenticated:
-            return _to_login(request)
+            return to_login(request)
         try:
             return view(request, *args, **kwargs)
         except NotAllowed as error:

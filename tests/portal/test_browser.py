@@ -105,7 +105,9 @@ def nav(page, name: str):
 
 def copy_and_read(page, button_selector: str) -> str:
     page.locator(button_selector).click()
-    page.wait_for_function(f"document.querySelector('{button_selector}').textContent === 'Copied'")
+    # Locator waits, not wait_for_function: the page's Content-Security-Policy forbids the
+    # eval that a polled JavaScript predicate needs.
+    page.locator(button_selector, has_text="Copied").wait_for()
     return page.evaluate("navigator.clipboard.readText()")
 
 
@@ -311,8 +313,8 @@ def test_a_device_goes_online_and_offline_on_the_open_page(new_page, live):
             return client
 
         pos_client = worker.run(claim_and_relay())
-        page.wait_for_function(f"document.querySelector('#device-{device.pk}').innerText.includes('by POS Till 1')")
-        page.wait_for_function(f"Number(document.querySelector('#device-{device.pk} td.num').innerText) >= 6")
+        page.locator(f"#device-{device.pk}", has_text="by POS Till 1").wait_for()
+        page.locator(f"#device-{device.pk} td.num", has_text=re.compile(r"^\s*([6-9]|\d{2,})\s*$")).wait_for()
         shot(page, "10-devices-live")
 
         page.get_by_role("link", name=device.tsn).click()
