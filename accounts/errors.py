@@ -40,3 +40,13 @@ class Invalid(DomainError):
             errors = {"non_field_errors": [errors]}
         self.errors = errors
         super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
+
+
+class RateLimited(DomainError):
+    """Too many attempts; try again later."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str = "", *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

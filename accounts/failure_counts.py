@@ -11,6 +11,8 @@ for that long.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Iterable
 
 from django.core.cache import cache
@@ -46,3 +48,13 @@ def reset(key: str) -> None:
         cache.delete(key)
     except Exception as error:  # noqa: BLE001 - see counts()
         logger.warning("failure count not reset (%s): %s", error, key)
+
+
+def window_bucket(window: int, *, now: float | None = None) -> tuple[int, int]:
+    """The fixed window of `window` seconds that `now` falls in: its number, to put in a
+    counter's key, and the whole seconds until it closes (what a refusal's Retry-After
+    says). Windows aligned on the clock, unlike record()'s, let every process tell when a
+    count expires without asking the cache."""
+    now = time.time() if now is None else now
+    number = int(now // window)
+    return number, max(1, math.ceil((number + 1) * window - now))

@@ -16,7 +16,7 @@ from django.utils.html import format_html
 from accounts.admin import ReadOnlyAdmin, ServiceModelAdmin
 from accounts.errors import DomainError
 from accounts.scope import device_sessions_in_scope, devices_in_scope, tenants_in_scope
-from connector import services
+from connector import serial_refusals, services
 from connector.csv_import import COLUMNS, MAX_FILE_BYTES, MAX_ROWS, devices_import_csv
 from connector.models import (
     Activation,
@@ -221,6 +221,16 @@ class DeviceAdmin(ServiceModelAdmin):
         changes = {field: form.cleaned_data[field] for field in form.changed_data if field in services.DEVICE_UPDATABLE}
         if changes:
             services.device_update(device=obj, actor=self.principal(request), **changes)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        response = super().changeform_view(request, object_id, form_url, extra_context)
+        # The admin's own transaction rolled back the audit entry of a refused serial along
+        # with the write; record it again now that the transaction is over.
+        refusal = getattr(request, "_service_error", None)
+        attempt = getattr(refusal, "attempt", None)
+        if isinstance(attempt, serial_refusals.Attempt):
+            serial_refusals.refusal_audit(attempt)
+        return response
 
     def delete_through_service(self, request, obj):
         services.device_delete(device=obj, actor=self.principal(request))

@@ -28,10 +28,11 @@ from django.db import transaction
 from django.db.models.functions import Lower
 
 from accounts.audit import audit_record
-from accounts.errors import Invalid, NotFound
+from accounts.errors import Invalid, NotFound, RateLimited
 from accounts.models import NAME_MAX_LENGTH, Merchant, Store, Tenant
 from accounts.scope import Principal, merchants_in_scope, stores_in_scope, tenants_in_scope
 from accounts.services import require_write
+from connector import serial_refusals
 from connector.models import Device
 from connector.services import device_create
 
@@ -87,6 +88,9 @@ def devices_import_csv(*, tenant: Tenant, file: IO[bytes] | bytes, actor: Princi
     require_write(actor)
     if not tenants_in_scope(principal=actor).filter(pk=tenant.pk).exists():
         raise NotFound("No such tenant.")
+    wait = serial_refusals.retry_after(actor=actor)
+    if wait is not None:
+        raise RateLimited(f"Too many refused serial numbers; try again in {wait} seconds.", retry_after=wait)
     text, problem = _read_text(file)
     if problem is not None:
         return _failed([problem])
@@ -95,6 +99,7 @@ def devices_import_csv(*, tenant: Tenant, file: IO[bytes] | bytes, actor: Princi
         return _failed([fatal])
     _resolve_places(rows, tenant=tenant, actor=actor)
     _check_serials(rows, tenant=tenant)
+    _serial_refusals_record(rows, tenant=tenant, actor=actor)
     bad = shape_errors + [RowError(row.line, "; ".join(row.problems)) for row in rows if row.problems]
     if bad:
         return _failed(sorted(bad, key=lambda error: error.line or 0))
@@ -256,9 +261,29 @@ def _check_serials(rows: list[_Row], *, tenant: Tenant) -> None:
     existing = _existing_serials(tenant=tenant, serials=sorted({serial for _, serial in first_line}))
     for row in rows:
         if row.values["make"] and row.values["serial"] and _serial_key(row.values) in existing:
-            row.problems.append(
-                f"a {row.values['make']} device with serial {row.values['serial']!r} already exists in this tenant"
-            )
+            # The answers of the REST API and the admin form: nothing about the device that
+            # holds the serial, wherever it lies.
+            row.problems.append(f"{row.values['make']} serial {row.values['serial']!r}: {serial_refusals.REFUSED}")
+
+
+def _serial_refusals_record(rows: list[_Row], *, tenant: Tenant, actor: Principal) -> None:
+    """A file with taken serials counts once against the importer (connector.serial_refusals):
+    one spreadsheet mistake must not lock an operator out, a series of probing files does.
+    Each refused row is audited."""
+    refused = [row for row in rows if any(serial_refusals.REFUSED in problem for problem in row.problems)]
+    if not refused:
+        return
+    serial_refusals.refusal_count(actor=actor)
+    for row in refused:
+        attempt = serial_refusals.Attempt(
+            actor=actor,
+            tenant_id=tenant.pk,
+            make=row.values["make"],
+            serial=row.values["serial"],
+            outcome="refused",
+            object_repr=f"{row.values['make']}-{row.values['model']}-{row.values['serial']}",
+        )
+        serial_refusals.refusal_audit(attempt)
 
 
 def _existing_serials(*, tenant: Tenant, serials: list[str]) -> set[tuple[str, str]]:
@@ -290,6 +315,10 @@ def _create(rows: list[_Row], *, tenant: Tenant, actor: Principal) -> ImportResu
             )
     except _RowFailed as failed:
         # A concurrent change (a device created meanwhile, a store deleted) since the checks.
+        # The rollback took a refused serial's audit entry with it: record it again.
+        attempt = getattr(failed.__cause__, "attempt", None)
+        if isinstance(attempt, serial_refusals.Attempt):
+            serial_refusals.refusal_audit(attempt)
         return _failed([RowError(failed.line, failed.reason)])
     return ImportResult(created=len(devices), device_ids=tuple(device.pk for device in devices))
 
@@ -305,4 +334,4 @@ def _create_row(row: _Row, *, actor: Principal) -> Device:
             actor=actor,
         )
     except Invalid as error:
-        raise _RowFailed(row.line, error.message) from None
+        raise _RowFailed(row.line, error.message) from error

@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 
 from accounts.errors import Conflict, DomainError, Invalid
 from accounts.models import NAME_MAX_LENGTH, POS, CloudApplication, Merchant, MerchantAggregator, Store
-from portal.login_throttle import client_address, lockout_minutes, login_locked
+from portal.login_throttle import BUSY, LOCKED, client_address, lockout_minutes, login_locked, throttled
 
 
 def apply_domain_error(form: forms.Form, error: DomainError) -> None:
@@ -160,13 +160,28 @@ class TerminalConfigForm(forms.Form):
 
 
 class PortalAuthenticationForm(AuthenticationForm):
-    """The sign-in form; says plainly when repeated failures have locked sign-in."""
+    """The sign-in form; says plainly when repeated failures have locked sign-in, or when a
+    busy address must try again in a moment (portal.login_throttle)."""
 
     def clean(self) -> dict:
         username = self.cleaned_data.get("username")
         if username and login_locked(username=username, address=client_address(self.request)):
-            raise forms.ValidationError(
-                f"Too many failed sign-ins. Try again in {lockout_minutes()} minutes, or reset your password.",
-                code="throttled",
-            )
-        return super().clean()
+            raise self.locked_error()
+        try:
+            return super().clean()
+        except forms.ValidationError:
+            reason = throttled(self.request)
+            if reason == LOCKED:
+                raise self.locked_error() from None
+            if reason == BUSY:
+                raise forms.ValidationError(
+                    "Many sign-ins are failing from your network; try again in a few seconds.", code="throttled"
+                ) from None
+            raise
+
+    @staticmethod
+    def locked_error() -> forms.ValidationError:
+        return forms.ValidationError(
+            f"Too many failed sign-ins. Try again in {lockout_minutes()} minutes, or reset your password.",
+            code="throttled",
+        )

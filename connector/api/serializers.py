@@ -251,7 +251,8 @@ class DeviceSerializer(ParentFixedMixin, serializers.Serializer):
     serial = StrictCharField(
         max_length=60,
         validators=[identifier_validator],
-        help_text="Unique per make within the tenant, case-insensitively.",
+        help_text="Unique per make within the tenant, case-insensitively. A taken serial is refused with "
+        '"This serial number cannot be used.", whichever device holds it (see the operation\'s description).',
     )
     tsn = serializers.CharField(read_only=True, help_text="The terminal serial number `{make}-{model}-{serial}`.")
     enabled = StrictBooleanField(required=False, default=True)

@@ -114,11 +114,11 @@ def test_a_duplicate_serial_is_refused_case_insensitively(world: World, provisio
         device_body(world, make=existing.make.upper(), model="Other", serial=existing.serial.lower()),
         format="json",
     )
-    assert_field_errors(response, "serial", contains="already exists")
+    assert_field_errors(response, "serial", contains="This serial number cannot be used.")
     other = provisioning.patch(
         f"{API}/devices/{world.device_a2.pk}/", {"serial": existing.serial.swapcase()}, format="json"
     )
-    assert_field_errors(other, "serial", contains="already exists")
+    assert_field_errors(other, "serial", contains="This serial number cannot be used.")
 
 
 def test_the_same_serial_in_another_tenant_is_fine(world: World, provisioning):

@@ -262,7 +262,7 @@ def test_the_device_form_shows_the_services_refusal(staff):
 
     duplicate = staff.post(reverse("admin:connector_device_add"), device_form(store, serial="777", make="INGENICO"))
     assert duplicate.status_code == 200
-    assert "A INGENICO device with serial 777 already exists." in duplicate.context["adminform"].form.errors["serial"]
+    assert "This serial number cannot be used." in duplicate.context["adminform"].form.errors["serial"]
 
     elsewhere = staff.post(reverse("admin:connector_device_add"), device_form(store, merchant=MerchantFactory().pk))
     assert elsewhere.status_code == 200

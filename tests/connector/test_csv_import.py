@@ -192,7 +192,7 @@ def test_it_refuses_a_serial_that_exists_in_the_tenant_whatever_its_case(estate)
     DeviceFactory(store=estate.harbour, make="ingenico", serial="ABC")
     result = estate.run(HEADER + "Ingenico,Lane3000,abc,Cafe Nord,Store 1\n")
     assert [error.line for error in result.errors] == [2]
-    assert "a Ingenico device with serial 'abc' already exists in this tenant" in result.errors[0].reason
+    assert result.errors[0].reason == "Ingenico serial 'abc': This serial number cannot be used."
     assert Device.objects.count() == 1
 
 
@@ -264,7 +264,7 @@ def test_a_serial_taken_after_the_checks_rolls_the_whole_import_back(estate, mon
     monkeypatch.setattr(csv_import, "_check_serials", lambda rows, tenant: None)
     DeviceFactory(store=estate.harbour, make="Ingenico", serial="230000103")
     result = estate.run(GOOD)
-    assert [(error.line, "already exists" in error.reason) for error in result.errors] == [(4, True)]
+    assert [(error.line, "cannot be used" in error.reason) for error in result.errors] == [(4, True)]
     assert Device.objects.count() == 1
 
 
