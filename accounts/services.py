@@ -213,13 +213,18 @@ def _application_new(*, tenant_id: int, kind: str, name: str) -> tuple[Applicati
     return application, secret
 
 
-def credential_revoke_tokens(*, application: Application) -> None:
-    """Revoke every token of a credential and close the sockets that used them."""
+def credential_revoke_tokens(*, application: Application, reason: str = "credential_revoked") -> None:
+    """Revoke every token of a credential and close the sockets that used them, and the
+    sessions registered with it (connector.events.credential_revoked)."""
     from connector.events import credential_revoked
 
+    # Locked first, so that a registration checked against this credential either commits
+    # before (and its session is found and ended) or waits and is refused
+    # (connector.sessions._credential_still_holds).
+    list(Application.objects.select_for_update().filter(pk=application.pk).values_list("pk"))
     AccessToken.objects.filter(application=application).delete()
     RefreshToken.objects.filter(application=application).delete()
-    credential_revoked(application_id=application.pk)
+    credential_revoked(application_id=application.pk, reason=reason)
 
 
 @transaction.atomic
@@ -237,13 +242,17 @@ def pos_create(*, store: Store, name: str, actor: Principal) -> IssuedSecret:
 
 @transaction.atomic
 def credential_rotate(*, obj: POS | CloudApplication | ProvisioningClient, actor: Principal) -> IssuedSecret:
-    """A new secret; the old one fails from the commit on, and its tokens are revoked."""
+    """A new secret; the old one fails from the commit on, its tokens are revoked, and the
+    sessions registered with either end (their sockets close 4410)."""
+    from connector.events import secret_replaced
+
     require_authority(actor, type(obj))
     application = obj.application
+    secret_replaced(previous_hash=application.client_secret)
     secret = generate_client_secret()
     application.client_secret = secret
     application.save()
-    credential_revoke_tokens(application=application)
+    credential_revoke_tokens(application=application, reason="secret_rotated")
     audit_record(actor=actor, action=f"{obj._meta.model_name}.rotate_secret", obj=obj, tenant_id=application.tenant_id)
     return IssuedSecret(obj=obj, client_id=application.client_id, client_secret=secret)
 
@@ -252,7 +261,7 @@ def credential_rotate(*, obj: POS | CloudApplication | ProvisioningClient, actor
 def pos_delete(*, pos: POS, actor: Principal) -> None:
     require_authority(actor, POS)
     application = pos.application
-    credential_revoke_tokens(application=application)
+    credential_revoke_tokens(application=application, reason="credential_deleted")
     audit_record(
         actor=actor,
         action="pos.delete",
@@ -347,7 +356,7 @@ def cloud_application_update(
 def cloud_application_delete(*, app: CloudApplication, actor: Principal) -> None:
     require_authority(actor, CloudApplication)
     application = app.application
-    credential_revoke_tokens(application=application)
+    credential_revoke_tokens(application=application, reason="credential_deleted")
     audit_record(
         actor=actor,
         action="application.delete",

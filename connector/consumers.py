@@ -232,7 +232,7 @@ class BaseConsumer(AsyncWebsocketConsumer):
 
 
 class NotFoundConsumer(BaseConsumer):
-    """Any other path under the protocol's prefix: no such session or endpoint."""
+    """Any path outside the four routes (connector.routing): no such session or endpoint."""
 
     async def connect(self) -> None:
         await self.refuse(Close.NOT_FOUND)
@@ -246,8 +246,11 @@ async def _answer_registration(*, text: str | None, bearer: str | None, address:
     a moment ago (sessions.secret_remembered), or with an access token. Otherwise the
     secret check, a PBKDF2 run, happens in a worker thread of its own between two calls,
     so that a fleet of terminals registering at once does not stall attaches and claims.
-    A limited address hears 429 whatever it sent, and before its credentials are checked."""
+    Only credential failures (invalid_client) count towards 429, per client id and address
+    (see sessions, "failed registrations"); a limited client id hears 429 before its
+    secret is checked."""
     flow_id = None
+    credentials = None
     try:
         request = protocol.parse_request(text)
         flow_id = request.flow_id
@@ -261,8 +264,11 @@ async def _answer_registration(*, text: str | None, bearer: str | None, address:
     except DomainError as error:
         if isinstance(error, protocol.ProtocolError) and error.flow_id is not None:
             flow_id = error.flow_id
-        if not isinstance(error, sessions.RateLimited) and await db(sessions.registration_failed, address=address):
-            error = sessions.RateLimited()
+        if error.code == sessions.InvalidClient.code:
+            client_id = credentials.client_id if credentials is not None else None
+            wait = await db(sessions.registration_failed, address=address, client_id=client_id)
+            if wait is not None:
+                error = sessions.RateLimited(retry_after=wait)
         return protocol.error_response(flow_id, protocol.translate(error))
     return protocol.ok_response(
         flow_id,
@@ -296,7 +302,7 @@ async def _register(
     record = outcome.record
     secret_ok = await asyncio.to_thread(sessions.secret_matches, secret, record.stored_secret if record else None)
     caller = sessions.record_caller(record, secret_ok=secret_ok)
-    return await db(sessions.device_register, caller=caller, tsn=tsn, endpoints=endpoints)
+    return await db(sessions.device_register_checked, address=address, caller=caller, tsn=tsn, endpoints=endpoints)
 
 
 class DeviceListenerConsumer(BaseConsumer):
@@ -372,7 +378,7 @@ def _pos_request(*, text: str | None, raw_token: str, base_url: str) -> str | No
             return protocol.ok_response(flow_id, session_id=session_id)
         if action == "devices":
             return protocol.ok_response(flow_id, devices=sessions.devices_for_caller(caller=caller))
-        raise protocol.ProtocolError(f"Unknown action {action!r}: expected claim, release or devices.")
+        raise protocol.ProtocolError(f"Unknown action {protocol.shown(action)}: expected claim, release or devices.")
     except DomainError as error:
         if isinstance(error, protocol.ProtocolError) and error.flow_id is not None:
             flow_id = error.flow_id
@@ -421,6 +427,13 @@ class PosListenerConsumer(PosCaller, BaseConsumer):
         relay.server_socket_tune(self, max_message=LISTENER_SERVER_LIMIT)
         if not await self.authenticate():
             return
+        # CC_MAX_LISTENERS_PER_CREDENTIAL, per process: listener sockets have no rows to count
+        # across the deployment (see relay, "Quotas").
+        limit = int(sessions.setting("MAX_LISTENERS_PER_CREDENTIAL", 20))
+        if not relay.registry.listener_admit(self, application_id=self.caller.application_id, limit=limit):
+            await self.refuse(Close.RATE_LIMITED)
+            return
+        self.listening_for = self.caller.application_id
         # The last online/offline event this socket sent per session, so that what it missed
         # while Redis was away can be told once it is back (relay._resync_listeners).
         self.told: dict[str, str] = {}
@@ -450,7 +463,8 @@ class PosListenerConsumer(PosCaller, BaseConsumer):
             self.told[session_id] = event
             if len(self.told) > TOLD_LIMIT:  # released claims are not heard of: forget the oldest
                 del self.told[next(iter(self.told))]
-        await self.send(text_data=protocol.event(event, session_id=session_id, tsn=message["tsn"]))
+        fields = message.get("fields") or {}  # an event's own fields: `endpoint` of device_replaced
+        await self.send(text_data=protocol.event(event, session_id=session_id, tsn=message["tsn"], **fields))
 
     async def disconnect(self, code: int) -> None:
         self.closed = True
@@ -459,12 +473,16 @@ class PosListenerConsumer(PosCaller, BaseConsumer):
 # --- §4, §6, §7 relay sockets ---------------------------------------------------------------
 
 
+TRY_AGAIN_LATER = 1013
+
+
 class RelayConsumer(BaseConsumer):
     """A socket that carries frames for one endpoint of one session: the device's (§4) or
     the POS's (§6). Frames skip Channels' per-handler database clean-up (see relay)."""
 
     side: str = ""
     peer_side: str = ""
+    too_slow_code: int = Close.PEER_UNAVAILABLE
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -475,9 +493,12 @@ class RelayConsumer(BaseConsumer):
         self.peer_changes = 0  # set_peer calls: a database answer older than one is stale
         self.counter = relay.Counter()
         self.max_size = int(sessions.setting("MAX_MESSAGE_SIZE", 1024 * 1024))
+        self.max_buffer = int(sessions.setting("MAX_SOCKET_BUFFER", 4 * 1024 * 1024))
+        self.buffer: relay.SocketBuffer | None = None
 
     async def websocket_connect(self, message: dict) -> None:
         relay.server_socket_tune(self, max_message=self.max_size)
+        self.buffer = relay.socket_buffer(self.base_send, limit=self.max_buffer)
         await super().websocket_connect(message)
 
     async def dispatch(self, message: dict) -> None:
@@ -598,9 +619,9 @@ class RelayConsumer(BaseConsumer):
         if peer is not None:
             if not peer.closed:
                 try:
-                    await peer.base_send(out)
-                    self.counter.relayed += 1
-                    return True
+                    if await peer.send_frame(out):
+                        self.counter.relayed += 1
+                        return True
                 except Exception:  # noqa: BLE001 - the peer's socket died under us
                     logger.debug("local peer %s is gone", peer.channel_name)
             self.set_peer(None)
@@ -638,9 +659,24 @@ class RelayConsumer(BaseConsumer):
             return
         key = "text" if "text" in message else "bytes"
         try:
-            await self.base_send({"type": "websocket.send", key: message[key]})
+            await self.send_frame({"type": "websocket.send", key: message[key]})
         except Exception:  # noqa: BLE001 - the client vanished; its disconnect follows
             logger.debug("socket %s is gone; frame from another process not delivered", self.channel_name)
+
+    async def send_frame(self, out: dict) -> bool:
+        """Write a relayed frame to this socket; False, and the socket closed, when its client
+        has left more than MAX_SOCKET_BUFFER bytes untaken (see relay, "Backpressure")."""
+        buffer = self.buffer
+        if buffer is not None and buffer.size() > self.max_buffer:
+            logger.warning(
+                "%s socket %s is not reading (%d bytes waiting): closed", self.side, self.channel_name, buffer.size()
+            )
+            relay.drop_later(buffer)
+            with contextlib.suppress(OSError):  # gone meanwhile: its disconnect follows
+                await self.close_socket(self.too_slow_code)
+            return False
+        await self.base_send(out)
+        return True
 
     async def undeliverable(self) -> None:
         raise NotImplementedError
@@ -705,6 +741,9 @@ class DeviceSocketConsumer(RelayConsumer):
 
     side = sessions.Side.DEVICE
     peer_side = sessions.Side.POS
+    # A terminal that does not take what the POS sends: "try again later" (v1.1 §17), so that
+    # it reconnects after a back-off; the POS's next frame then finds no device (4503).
+    too_slow_code = TRY_AGAIN_LATER
 
     async def connect(self) -> None:
         if not self.origin_allowed():
@@ -736,6 +775,7 @@ class PosSessionConsumer(PosCaller, RelayConsumer):
     side = sessions.Side.POS
     peer_side = sessions.Side.DEVICE
     revoked_code = Close.GONE
+    too_slow_code = Close.PEER_UNAVAILABLE
 
     async def connect(self) -> None:
         if not await self.authenticate():
@@ -757,5 +797,7 @@ class PosSessionConsumer(PosCaller, RelayConsumer):
             await self.close_socket(Close.REPLACED)
 
     async def claim_released(self, message: dict) -> None:
+        # 1000 for a release the POS asked for; 4410 when the claim was taken from it (its
+        # device moved out of its reach: connector.sessions.claims_out_of_reach_release).
         if message["application_id"] == self.caller.application_id:
-            await self.close_socket(Close.NORMAL)
+            await self.close_socket(message.get("code", Close.NORMAL))

@@ -25,28 +25,52 @@ def devices_changed(*, devices: QuerySet, deleted: bool = False) -> None:
     sessions_end(device_ids=list(affected.values_list("pk", flat=True)), reason="device_unusable")
 
 
-def credential_revoked(*, application_id: int) -> None:
+def credential_revoked(*, application_id: int, reason: str = "credential_revoked") -> None:
     """A credential was deleted, rotated or lost what it needs: its tokens are gone.
 
-    Its pos-listener sockets close with 4401 and its session sockets with 4410. Once the
-    change is committed, the sessions it claimed end if the credential itself is gone (it
-    is deleted after this call, and deleting it clears `claimed_by`, so they are noted
+    Its pos-listener sockets close with 4401 and its session sockets with 4410. The
+    sessions registered with its secret or one of its tokens end now (4410, `reason`): the
+    secret no longer registers, and the terminals it registered must not outlive it. Once
+    the change is committed, the sessions it claimed end if the credential itself is gone
+    (it is deleted after this call, and deleting it clears `claimed_by`, so they are noted
     now), and its claims are released if it can no longer reach Cloud Connector.
     """
     from connector.models import DeviceSession
-    from connector.sessions import credential_claims_settle
+    from connector.sessions import credential_claims_settle, registered_sessions_end
 
     claimed = list(
         DeviceSession.objects.filter(claimed_by_id=application_id)
         .exclude(state=DeviceSession.State.ENDED)
         .values_list("pk", flat=True)
     )
+    # Revoked first: its listeners close 4401 before they would hear `session_ended`.
     groups.send_after_commit(groups.credential_groups(application_id), {"type": "credential.revoked"})
+    registered_sessions_end(application_id=application_id, reason=reason)
     transaction.on_commit(lambda: credential_claims_settle(application_id=application_id, session_ids=claimed))
 
 
 def token_revoked(*, application_id: int, token_checksum: str) -> None:
     """One access token of a credential was revoked: the sockets that authenticated with it
-    close (each of the credential's sockets compares the checksum with its own token's)."""
+    close (each of the credential's sockets compares the checksum with its own token's),
+    and the sessions registered with it end (4410)."""
+    from connector.sessions import registered_sessions_end
+
+    registered_sessions_end(application_id=application_id, token_checksum=token_checksum, reason="token_revoked")
     message = {"type": "token.revoked", "token_checksum": token_checksum}
     groups.send_after_commit(groups.credential_groups(application_id), message)
+
+
+def secret_replaced(*, previous_hash: str) -> None:
+    """A credential's secret was rotated: this process forgets, at commit, that the old one
+    matched (connector.sessions.secret_forget)."""
+    from connector.sessions import secret_forget
+
+    transaction.on_commit(lambda: secret_forget(stored=previous_hash))
+
+
+def device_moved(*, device_id: int) -> None:
+    """A device moved to another store: claims whose holder no longer reaches it are
+    released, the holder's session sockets closing 4410."""
+    from connector.sessions import claims_out_of_reach_release
+
+    claims_out_of_reach_release(device_id=device_id)

@@ -11,6 +11,8 @@ from django.db.models.functions import Concat, Lower
 from accounts.models import Merchant, MerchantAggregator, Store, Tenant
 
 CLOUD_CONNECTOR = "cloud-connector"
+# The one answer to a make and serial that is taken, wherever the device holding it lies.
+SERIAL_REFUSED = "This serial number cannot be used."
 
 identifier_validator = RegexValidator(r"^[A-Za-z0-9._-]+$", "Use only letters, digits, '.', '_' and '-'.")
 
@@ -64,7 +66,15 @@ class Device(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint("tenant", Lower("make"), Lower("serial"), name="serial_unique_per_make_in_tenant")
+            # The message says nothing of the device holding the serial, which may lie outside
+            # the caller's scope (connector.serial_refusals).
+            models.UniqueConstraint(
+                "tenant",
+                Lower("make"),
+                Lower("serial"),
+                name="serial_unique_per_make_in_tenant",
+                violation_error_message=SERIAL_REFUSED,
+            )
         ]
         indexes = [models.Index(Lower("serial"), name="device_serial_lower")]
 
@@ -136,6 +146,12 @@ class DeviceSession(models.Model):
         related_name="claimed_sessions",
     )
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # The credential of the session's last registration, and the access token's checksum when
+    # it registered with one (blank: with its client secret). No foreign key, as for
+    # SessionSocket: rotating, revoking or deleting that credential ends the session
+    # (connector.events), so that a leaked secret cannot keep a terminal it registered.
+    registered_by = models.BigIntegerField(null=True, blank=True)
+    registered_token = models.CharField(max_length=64, blank=True)
     frames_relayed = models.BigIntegerField(default=0)
     frames_dropped = models.BigIntegerField(default=0)
     node = models.CharField(max_length=100, blank=True, help_text="Process holding the device sockets")
@@ -152,7 +168,10 @@ class DeviceSession(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["device"], condition=~Q(state="ended"), name="one_live_session_per_device")
         ]
-        indexes = [models.Index(fields=["state"], name="session_state")]
+        indexes = [
+            models.Index(fields=["state"], name="session_state"),
+            models.Index(fields=["registered_by"], name="session_registered_by"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.id} ({self.state})"

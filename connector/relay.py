@@ -40,6 +40,35 @@ run uvicorn with `--ws-max-size` at least `MAX_MESSAGE_SIZE`. Daphne drops empty
 is asked to send (its send path tests the payload's truth), so an empty frame is not
 relayed under daphne; it is under uvicorn.
 
+Backpressure (`MAX_SOCKET_BUFFER`, default 4 MiB per socket): neither server bounds what
+it holds for a client that does not read. Daphne (Twisted) appends every write to its
+transport's buffer, without limit and without telling the application, and keeps it until
+the connection ends. Uvicorn (websockets-sansio) makes `send` wait once its transport holds
+more than the high-water mark (64 KiB): the wait would fall on the sender's socket (on the
+fast path the device's own task) and on the close frame behind it, and its graceful close
+waits for the buffer to drain, forever. So each relay socket finds its server's write
+buffer at connect (`socket_buffer`; uvicorn's high-water mark raised above the bound, so
+that it never makes a relay send wait) and reads its size before each frame written to it
+(attribute reads, no system call, no lock). Past the bound the socket is closed, a POS
+session socket with 4503 and a device socket with 1013 (try again later), and its TCP
+connection is dropped SLOW_CLOSE_GRACE later with the bytes it did not take, which gives the
+memory back. The frame that found its peer too slow is not delivered: a device frame is
+dropped and counted; a POS frame closes its POS socket with 4503 (its device is gone).
+Across processes the receiving socket applies the same bound (`relay_frame`). Between
+processes, what waits for one socket is bounded in messages by the channel layer's capacity
+(`CHANNEL_LAYER_CAPACITY`, in Redis and in the receiving process's buffer per channel); a
+full channel drops device frames and closes the POS with 4503, as above; the receiving
+socket never waits on its client, so its channel drains as fast as its process runs.
+Incoming frames: uvicorn reads a socket's next message once the application took the last;
+daphne reads on, but the relay's consumers never wait on a write, so its queue drains too.
+
+Quotas: a credential may hold `MAX_SESSION_SOCKETS_PER_CREDENTIAL` POS session sockets
+(default 256), counted across the deployment from the `SessionSocket` rows at attach
+(sessions.pos_socket_attach), and `MAX_LISTENERS_PER_CREDENTIAL` pos-listener sockets
+(default 20) per process, counted in the registry below: listener sockets have no rows,
+and a shared count would need its own writes at every connect and its own sweep after a
+process dies. Past either, a new socket is accepted and closed with 4429.
+
 Liveness (§8, "a socket that answers no ping within 30 s is closed"): ASGI gives an
 application no ping, so the servers do it. Daphne pings a socket after `--ping-interval`
 seconds without a frame from it (default 20, checked every 2 s) and autobahn drops it when
@@ -129,6 +158,8 @@ class RelaySocket(Protocol):
 
     async def base_send(self, message: dict[str, Any]) -> None: ...
 
+    async def send_frame(self, message: dict[str, Any]) -> bool: ...
+
     async def close_socket(self, code: int) -> None: ...
 
 
@@ -146,6 +177,8 @@ class Registry:
     def __init__(self) -> None:
         self.sockets: dict[str, RelaySocket] = {}
         self.counters: dict[str, Counter] = {}
+        # The pos-listener sockets of this process by credential (application id).
+        self.listeners: defaultdict[int, set[str]] = defaultdict(set)
         self.shutting_down = False
 
     def add(self, sock: RelaySocket) -> None:
@@ -155,6 +188,22 @@ class Registry:
     def remove(self, sock: RelaySocket) -> None:
         if self.sockets.get(sock.channel_name) is sock:
             del self.sockets[sock.channel_name]
+        listening_for = getattr(sock, "listening_for", None)
+        if listening_for is not None:
+            held = self.listeners.get(listening_for)
+            if held is not None:
+                held.discard(sock.channel_name)
+                if not held:
+                    del self.listeners[listening_for]
+
+    def listener_admit(self, sock: RelaySocket, *, application_id: int, limit: int) -> bool:
+        """Count a pos-listener socket for its credential, unless the credential already
+        has `limit` of them on this process."""
+        held = self.listeners[application_id]
+        if len(held) >= limit:
+            return False
+        held.add(sock.channel_name)
+        return True
 
     def local(self, channel_name: str | None) -> RelaySocket | None:
         if channel_name is None or not local_fast_path:
@@ -990,6 +1039,70 @@ async def close_with(consumer: Any, code: int) -> None:
         protocol.sendCloseFrame(code=code, isReply=False)
     elif protocol.state == protocol.STATE_CONNECTING:
         await consumer.close()  # not accepted yet: daphne refuses the handshake
+
+
+MAX_FRAME_OVERHEAD = 64 * 1024  # more than a frame's header and a ping or close frame
+SLOW_CLOSE_GRACE = 1.0  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class SocketBuffer:
+    """What the server of one socket holds that its client has not taken yet (`size()`, in
+    bytes; read from memory, no system call) and how to drop the connection with it
+    (`drop()`); see "Backpressure" in the module's notes."""
+
+    size: Callable[[], int]
+    drop: Callable[[], None]
+
+
+def twisted_unsent(tcp: Any) -> int:
+    """The bytes a Twisted TCP transport holds unsent. twisted.internet.abstract.FileDescriptor
+    keeps written bytes in `_tempDataBuffer` (`_tempDataLen` of them) until the reactor moves
+    them to `dataBuffer`, sent up to `offset` (tests/test_private_internals.py)."""
+    return len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
+
+
+def _twisted_tcp(transport: Any) -> Any:
+    # Under TLS the application's transport is twisted's TLS protocol; the encrypted bytes
+    # wait in the TCP transport beneath it.
+    while transport is not None and not hasattr(transport, "_tempDataLen"):
+        transport = getattr(transport, "transport", None)
+    return transport
+
+
+def socket_buffer(send: Any, *, limit: int) -> SocketBuffer | None:
+    """The write buffer of the socket behind an ASGI `send`: daphne's (Twisted's TCP
+    transport) or uvicorn's (an asyncio transport), None on any other server. Under uvicorn
+    the transport's high-water mark is raised above `limit`, so that uvicorn never makes a
+    send wait for the client before the relay has closed it (a wait that would stall the
+    sender's own socket, and a close frame behind it)."""
+    protocol = _daphne_protocol(send)
+    if protocol is not None:
+        tcp = _twisted_tcp(protocol.transport)
+        if tcp is None:
+            return None
+        return SocketBuffer(size=functools.partial(twisted_unsent, tcp), drop=tcp.abortConnection)
+    # uvicorn's `send` is a method of its protocol, which holds the transport (a reach:
+    # tests/test_private_internals.py).
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None or not hasattr(transport, "get_write_buffer_size"):
+        return None
+    transport.set_write_buffer_limits(high=limit + 2 * MAX_FRAME_OVERHEAD + _max_message())
+    return SocketBuffer(size=transport.get_write_buffer_size, drop=transport.abort)
+
+
+
+def _max_message() -> int:
+    return int(sessions.setting("MAX_MESSAGE_SIZE", 1024 * 1024))
+
+
+def drop_later(buffer: SocketBuffer) -> None:
+    """Drop a slow socket's connection, and the bytes it did not take, after SLOW_CLOSE_GRACE:
+    time for a client that is merely slow to read its close frame. Uvicorn would not: it
+    closes its transport gracefully, which waits for the buffer to drain, forever for a
+    client that reads nothing (autobahn, under daphne, aborts after its own 1 s)."""
+    asyncio.get_running_loop().call_later(SLOW_CLOSE_GRACE, buffer.drop)
+
 
 
 async def close_all(code: int) -> None:

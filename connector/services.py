@@ -9,6 +9,8 @@ its MA, its merchant and itself are active, and it is provisioned and enabled.
 from __future__ import annotations
 
 import enum
+import functools
+from collections.abc import Callable
 
 from django.db import IntegrityError, transaction
 from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
@@ -18,7 +20,7 @@ from accounts.errors import Conflict, Invalid
 from accounts.models import Merchant, MerchantAggregator, Store, Tenant
 from accounts.scope import Level, Principal
 from accounts.services import require_level, require_write, validated
-from connector import events
+from connector import events, serial_refusals
 from connector.models import CLOUD_CONNECTOR, Activation, Device, DeviceSession, Service, ServiceDomain, Subscription
 
 
@@ -267,14 +269,54 @@ def _check_store(*, merchant: Merchant, store: Store) -> None:
         raise Invalid({"store": ["The store does not belong to the merchant."]})
 
 
-def _check_unique_serial(*, device: Device) -> None:
+def _serial_attempt(*, device: Device, actor: Principal, outcome: str) -> serial_refusals.Attempt:
+    return serial_refusals.Attempt(
+        actor=actor,
+        tenant_id=device.tenant_id,
+        make=device.make,
+        serial=device.serial,
+        outcome=outcome,
+        object_id=str(device.pk or ""),
+        object_repr=str(device),
+    )
+
+
+def _serial_refused(*, device: Device, actor: Principal) -> serial_refusals.SerialRefused:
+    serial_refusals.refusal_count(actor=actor)
+    return serial_refusals.SerialRefused(_serial_attempt(device=device, actor=actor, outcome="refused"))
+
+
+def _check_unique_serial(*, device: Device, actor: Principal) -> None:
+    """Refuse a make and serial that another device of the tenant holds, with the same
+    neutral answer whether that device is in the caller's scope or not, so that the answer
+    describes nothing beyond it; refusals count against the caller (connector.serial_refusals)."""
+    wait = serial_refusals.retry_after(actor=actor)
+    if wait is not None:
+        attempt = _serial_attempt(device=device, actor=actor, outcome="rate_limited")
+        raise serial_refusals.SerialRefusalsLimited(attempt, retry_after=wait)
     clash = Device.objects.filter(
         tenant_id=device.tenant_id, make__iexact=device.make, serial__iexact=device.serial
     ).exclude(pk=device.pk)
     if clash.exists():
-        raise Invalid({"serial": [f"A {device.make} device with serial {device.serial} already exists."]})
+        raise _serial_refused(device=device, actor=actor)
 
 
+def _audits_serial_refusals(service: Callable[..., Device]) -> Callable[..., Device]:
+    """Write a refused serial to the audit log after the service's own transaction has
+    rolled back, which would take the entry with it."""
+
+    @functools.wraps(service)
+    def audited(*args, **kwargs) -> Device:
+        try:
+            return service(*args, **kwargs)
+        except (serial_refusals.SerialRefused, serial_refusals.SerialRefusalsLimited) as refusal:
+            serial_refusals.refusal_audit(refusal.attempt)
+            raise
+
+    return audited
+
+
+@_audits_serial_refusals
 @transaction.atomic
 def device_create(
     *,
@@ -301,15 +343,14 @@ def device_create(
         enabled=enabled,
         provisioned=provisioned,
     )
-    # Uniqueness first: its message names the serial, where the model's constraint would not.
-    _check_unique_serial(device=device)
+    _check_unique_serial(device=device, actor=actor)
     validated(device)
     try:
         with transaction.atomic():
             device.save()
     except IntegrityError:
         # Another request created the same serial between our check and our insert.
-        raise Invalid({"serial": [f"A {make} device with serial {serial} already exists."]}) from None
+        raise _serial_refused(device=device, actor=actor) from None
     audit_record(actor=actor, action="device.create", obj=device, tenant_id=device.tenant_id)
     return device
 
@@ -317,18 +358,27 @@ def device_create(
 DEVICE_UPDATABLE = ("store", "make", "model", "serial", "enabled", "provisioned")
 
 
+@_audits_serial_refusals
 @transaction.atomic
 def device_update(*, device: Device, actor: Principal, **changes) -> Device:
-    """Change a device's store, identity or state. Disabling it ends its live session."""
+    """Change a device's store, identity or state. Disabling it ends its live session;
+    moving it releases the claims of holders that no longer reach it."""
     require_level(actor, Level.MERCHANT)
     unknown = set(changes) - set(DEVICE_UPDATABLE)
     if unknown:
         raise Invalid({field: ["This field cannot be changed."] for field in unknown})
+    # Only a new make or serial is checked (and may be rate limited): a PUT repeating them,
+    # or a terminal switched off during an incident, never is.
+    identity_changed = any(
+        str(changes[name]).lower() != getattr(device, name).lower() for name in ("make", "serial") if name in changes
+    )
+    previous_store_id = device.store_id
     for field, value in changes.items():
         setattr(device, field, value)
     if "store" in changes:
         _check_store(merchant=device.merchant, store=device.store)
-    _check_unique_serial(device=device)
+    if identity_changed:
+        _check_unique_serial(device=device, actor=actor)
     validated(device)
     device.save()
     audit_record(
@@ -340,6 +390,8 @@ def device_update(*, device: Device, actor: Principal, **changes) -> Device:
     )
     if {"enabled", "provisioned"} & set(changes):
         events.devices_changed(devices=Device.objects.filter(pk=device.pk))
+    if device.store_id != previous_store_id:
+        events.device_moved(device_id=device.pk)
     return device
 
 

@@ -29,7 +29,8 @@ that died without running its disconnect handlers).
 Events go out after commit (connector.groups): `session.end` to the session's sockets,
 `claim.changed` / `claim.released` / `peer.attached` / `peer.detached` /
 `session.endpoints` to the session's sockets, and the POS events of §5 (`device_online`,
-`device_offline`, `session_taken_over`, `session_ended`) to the claim holder's listeners.
+`device_offline`, `session_taken_over`, `session_ended`) and of v1.1 §12 (`device_replaced`)
+to the claim holder's listeners.
 
 Authentication of the callers lives here too because its rules are the relay's: a caller
 is a store POS or a Cloud API application that has everything Cloud Connector needs
@@ -48,7 +49,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.hashers import check_password, identify_hasher
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -68,6 +69,7 @@ from accounts.scope import (
     application_row_paths,
     device_sessions_in_scope,
     devices_in_scope,
+    principal_for_application,
     principal_from_application_row,
     row_reaches_terminals,
 )
@@ -180,8 +182,23 @@ class NotClaimed(errors.Conflict):
     code = "not_claimed"
 
 
-class RateLimited(errors.DomainError):
-    """Too many failed registrations from this address; try again later."""
+class RateLimited(errors.RateLimited):
+    """Too many failed registrations; try again later."""
+
+    code = "rate_limited"
+
+    def __init__(self, *, retry_after: int) -> None:
+        super().__init__(f"Too many failed registrations; try again in {retry_after} seconds.", retry_after=retry_after)
+
+    @property
+    def extra(self) -> dict[str, int]:
+        # The wire resource's `retry_after` (protocol.translate), so that a terminal knows
+        # when to come back.
+        return {"retry_after": self.retry_after}
+
+
+class SocketQuotaExceeded(errors.DomainError):
+    """This credential has as many sockets of this kind open as it may; close one first."""
 
     code = "rate_limited"
 
@@ -216,6 +233,9 @@ class Caller:
     application_id: int
     client_id: str
     token_checksum: str | None = None
+    # A registration with client credentials: the stored hash its secret was checked
+    # against, checked again when the session is written (`_credential_still_holds`).
+    secret_hash: str | None = field(default=None, repr=False)
 
 
 def caller_from_bearer(raw_token: str | None) -> Caller:
@@ -271,16 +291,25 @@ def client_lookup(*, client_id: str) -> ClientRecord | None:
             principal=principal_from_application_row(application),
             application_id=application["id"],
             client_id=application["client_id"],
+            secret_hash=row["client_secret"],
         )
     return ClientRecord(application_id=application["id"], stored_secret=row["client_secret"], caller=caller)
 
 
-def registration_client(*, address: str, client_id: str) -> ClientRecord | None:
-    """The first step of a registration with client credentials: RateLimited if the
-    address failed too often, else the client's record (None for an unknown client id)."""
-    if registration_limited(address=address):
-        raise RateLimited()
-    return client_lookup(client_id=client_id)
+def registration_client(*, address: str, client_id: str, client_secret: str) -> tuple[ClientRecord | None, bool]:
+    """The first step of a registration with client credentials: the client's record (None
+    for an unknown client id) and whether its secret is verified already (`secret_remembered`).
+    RateLimited, before the secret is looked at, while this client id failed too often from
+    this address; RateLimited while the address failed too often, unless the secret is
+    verified already or this client id registered from this address before."""
+    limits = registration_limited(address=address, client_id=client_id)
+    if limits.client is not None:
+        raise RateLimited(retry_after=limits.client)
+    record = client_lookup(client_id=client_id)
+    remembered = record is not None and secret_remembered(client_secret, record.stored_secret)
+    if limits.address is not None and not (remembered or registration_verified(address=address, client_id=client_id)):
+        raise RateLimited(retry_after=limits.address)
+    return record, remembered
 
 
 def _secret_key(provided: str, stored: str) -> tuple[str, str]:
@@ -324,6 +353,15 @@ def secret_matches(provided: str, stored: str | None) -> bool:
     return matches
 
 
+def secret_forget(*, stored: str) -> None:
+    """Forget every secret remembered for a stored hash that a rotation replaced. Another
+    process may remember it a while longer, harmlessly: its lookups return the new hash,
+    and a registration checked against the old one is refused when its session is written."""
+    with _secret_cache_lock:
+        for key in [key for key in _secret_cache if key[0] == stored]:
+            del _secret_cache[key]
+
+
 def caller_from_client_credentials(*, client_id: str, client_secret: str) -> Caller:
     """The caller named by `custom_registration_data`, or InvalidClient (all in one go; the
     relay runs the steps apart to keep the secret check off the database threads)."""
@@ -340,37 +378,101 @@ def record_caller(record: ClientRecord | None, *, secret_ok: bool) -> Caller:
     return record.caller
 
 
-# --- failed registrations, per client address ----------------------------------------------
+# --- failed registrations -------------------------------------------------------------------
+#
+# Only credential failures (invalid_client) count: a refusal for good credentials (device
+# disabled, unknown device...) guesses nothing. They count per client id and source
+# address, so that one terminal with a wrong secret behind a shop's NAT locks out itself
+# and not the other terminals of the shop: FAILED_REGISTRATION_LIMIT per window for a
+# client id from an address, whatever secret it then sends. A higher bound per address,
+# FAILED_REGISTRATION_ADDRESS_LIMIT, stops one address spraying many client ids; while it
+# holds, only a secret verified already (remembered by this process, or a client id that
+# registered from this address within VERIFIED_REGISTRATION_TTL) still registers. A token
+# names no client until it is found, so its failures count against the address alone,
+# and a valid token always registers. Windows are aligned on the clock
+# (failure_counts.window_bucket), so that a refusal can say when to come back.
 
 
-def _failure_key(address: str) -> str:
-    return f"cc-reg-fail:{hashlib.sha256(address.encode()).hexdigest()[:32]}"
+@dataclass(frozen=True)
+class RegistrationLimits:
+    """Seconds until a refused registration may be tried again (None: not refused), for the
+    client id from the address, and for the address as a whole."""
+
+    client: int | None
+    address: int | None
 
 
-def registration_limited(*, address: str) -> bool:
-    key = _failure_key(address)
-    return failure_counts.counts([key]).get(key, 0) >= setting("FAILED_REGISTRATION_LIMIT", 20)
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
 
 
-def registration_failure_record(*, address: str) -> None:
-    failure_counts.record(_failure_key(address), window=setting("FAILED_REGISTRATION_WINDOW", 60))
+def _failure_key(address: str, client_id: str | None, *, window_number: int) -> str:
+    """The failure counter of an address (client_id None) or of a client id from it."""
+    if client_id is None:
+        return f"cc-reg-fail:a:{_digest(address)}:{window_number}"
+    return f"cc-reg-fail:c:{_digest(address + '|' + client_id)}:{window_number}"
 
 
-def registration_failed(*, address: str) -> bool:
-    """Count a failed registration of an address; True if the address was limited already
-    (that failure is answered 429 instead, and not counted)."""
-    if registration_limited(address=address):
-        return True
-    registration_failure_record(address=address)
-    return False
+def _failure_keys(address: str, client_id: str | None) -> tuple[str, str | None, int, int]:
+    """The address's counter, the client id's (None for a token), the window and its seconds left."""
+    window = int(setting("FAILED_REGISTRATION_WINDOW", 60))
+    number, left = failure_counts.window_bucket(window)
+    client_key = None if client_id is None else _failure_key(address, client_id, window_number=number)
+    return _failure_key(address, None, window_number=number), client_key, window, left
+
+
+def registration_limited(*, address: str, client_id: str | None) -> RegistrationLimits:
+    address_key, client_key, _window, left = _failure_keys(address, client_id)
+    counted = failure_counts.counts([address_key] + ([client_key] if client_key else []))
+    client_over = client_key is not None and counted.get(client_key, 0) >= setting("FAILED_REGISTRATION_LIMIT", 20)
+    address_over = counted.get(address_key, 0) >= setting("FAILED_REGISTRATION_ADDRESS_LIMIT", 100)
+    return RegistrationLimits(client=left if client_over else None, address=left if address_over else None)
+
+
+def registration_failure_record(*, address: str, client_id: str | None) -> None:
+    address_key, client_key, window, _left = _failure_keys(address, client_id)
+    for key in (address_key, client_key):
+        if key is not None:
+            failure_counts.record(key, window=window)
+
+
+def registration_failed(*, address: str, client_id: str | None) -> int | None:
+    """Count a credential failure of a client id (None: a token) from an address. If they
+    were limited already, the seconds to wait instead: that failure is answered 429, and
+    not counted."""
+    limits = registration_limited(address=address, client_id=client_id)
+    wait = limits.client or limits.address
+    if wait is not None:
+        return wait
+    registration_failure_record(address=address, client_id=client_id)
+    return None
+
+
+def _verified_key(address: str, client_id: str) -> str:
+    return f"cc-reg-ok:{_digest(address + '|' + client_id)}"
+
+
+def registration_verified(*, address: str, client_id: str) -> bool:
+    """Did this client id register from this address, its secret checked, lately?"""
+    return bool(failure_counts.counts([_verified_key(address, client_id)]))
+
+
+def registration_verified_record(*, address: str, client_id: str) -> None:
+    # A counter whose presence is the mark: it lives VERIFIED_REGISTRATION_TTL from the first
+    # verified registration, and the next one after that sets it again.
+    failure_counts.record(_verified_key(address, client_id), window=int(setting("VERIFIED_REGISTRATION_TTL", 86400)))
 
 
 def registration_bearer(*, address: str, raw_token: str) -> Caller:
-    """The first step of a registration with an access token: RateLimited if the address
-    failed too often, else the caller (InvalidToken / InsufficientScope)."""
-    if registration_limited(address=address):
-        raise RateLimited()
-    return caller_from_bearer(raw_token)
+    """The first step of a registration with an access token: the caller, or InvalidToken /
+    InsufficientScope, answered RateLimited instead while the address failed too often."""
+    try:
+        return caller_from_bearer(raw_token)
+    except (InvalidToken, InsufficientScope):
+        wait = registration_limited(address=address, client_id=None).address
+        if wait is not None:
+            raise RateLimited(retry_after=wait) from None
+        raise
 
 
 # --- devices -------------------------------------------------------------------------------
@@ -543,10 +645,33 @@ def device_register(*, caller: Caller, tsn: str, endpoints: list[str], now: date
     raise errors.Conflict("The device is registering concurrently; try again.")
 
 
+def _credential_still_holds(caller: Caller) -> bool:
+    """Is the credential a registration was checked with still there: its access token not
+    revoked, its client secret not rotated? Read first in the registration's transaction,
+    under a share lock on PostgreSQL (SQLite's writers take turns anyway): a rotation or a
+    revocation either commits first, and this finds nothing, or waits for the registration
+    to commit and then finds its session to end (connector.events). Without it, a secret
+    checked just before a rotation (a hash check takes a while) would still register."""
+    if caller.token_checksum is not None:
+        model, conditions = AccessToken, {"token_checksum": caller.token_checksum}
+    elif caller.secret_hash is not None:
+        model, conditions = Application, {"id": caller.application_id, "client_secret": caller.secret_hash}
+    else:
+        return True
+    meta, quote = model._meta, connection.ops.quote_name
+    where = " AND ".join(f"{quote(meta.get_field(name).column)} = %s" for name in conditions)
+    lock = " FOR SHARE" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT 1 FROM {quote(meta.db_table)} WHERE {where}{lock}", list(conditions.values()))
+        return cursor.fetchone() is not None
+
+
 @transaction.atomic
 def _register(
     *, caller: Caller, device: Device, endpoints: list[str], now: datetime, live_session_id: object
 ) -> Registration:
+    if not _credential_still_holds(caller):
+        raise InvalidClient()
     if live_session_id is _UNREAD:
         found = live_session_for_device(device=device, now=now)
         live_session_id = found.pk if found is not None else None
@@ -557,6 +682,8 @@ def _register(
     created = session is None
     if created:
         session = DeviceSession(id=new_session_id(), device=device, endpoints=endpoints, jwt_expires_at=now)
+    session.registered_by = caller.application_id
+    session.registered_token = caller.token_checksum or ""
     token = tokens.device_token_issue(session_id=session.pk, device_id=device.pk, now=now.timestamp())
     session.jwt_expires_at = now + timedelta(seconds=token.expires_in)
     if created:
@@ -571,14 +698,20 @@ def _register(
             data={"session_id": session.pk, "endpoints": endpoints},
         )
     else:
-        _reregister(session=session, endpoints=endpoints)
+        _reregister(session=session, endpoints=endpoints, caller=caller)
     return Registration(
         session_id=session.pk, device_id=device.pk, tsn=device.tsn, endpoints=endpoints, token=token, created=created
     )
 
 
-def _reregister(*, session: DeviceSession, endpoints: list[str]) -> None:
-    changes = {"jwt_expires_at": session.jwt_expires_at, "endpoints": endpoints}
+def _reregister(*, session: DeviceSession, endpoints: list[str], caller: Caller) -> None:
+    changes = {
+        "jwt_expires_at": session.jwt_expires_at,
+        "endpoints": endpoints,
+        # The session now stands on this registration's credential, not on the last one's.
+        "registered_by": caller.application_id,
+        "registered_token": caller.token_checksum or "",
+    }
     if session.state == State.OFFLINE:
         # The terminal is back: it has a fresh JWT to connect with, and the registered
         # rule (end at JWT expiry if no socket comes) replaces the grace period.
@@ -603,11 +736,19 @@ def device_register_with_client(
 ) -> Registration | SecretToCheck:
     """Registration with client credentials in one go when the secret matched a moment ago
     (`secret_remembered`: no hashing here); else what the caller needs to check it first.
-    RateLimited before anything if the address failed too often."""
-    record = registration_client(address=address, client_id=client_id)
-    if record is None or not secret_remembered(client_secret, record.stored_secret):
+    RateLimited before anything while failures limit it (`registration_client`)."""
+    record, remembered = registration_client(address=address, client_id=client_id, client_secret=client_secret)
+    if not remembered:
         return SecretToCheck(record)
     return device_register(caller=record_caller(record, secret_ok=True), tsn=tsn, endpoints=endpoints)
+
+
+def device_register_checked(*, address: str, caller: Caller, tsn: str, endpoints: list[str]) -> Registration:
+    """The last step of a registration whose secret was just checked: `device_register`, and
+    remember that this client id verified from this address (see `registration_client`)."""
+    registration = device_register(caller=caller, tsn=tsn, endpoints=endpoints)
+    registration_verified_record(address=address, client_id=caller.client_id)
+    return registration
 
 
 def device_register_with_token(*, address: str, raw_token: str, tsn: str, endpoints: list[str]) -> Registration:
@@ -642,6 +783,8 @@ def session_claim(*, caller: Caller, tsn: str, force: bool = False, now: datetim
     now = now or timezone.now()
     with transaction.atomic():
         session = _lock_live(live_session_id, now)
+        if session is not None and not _still_reached(principal=caller.principal, device_id=device.pk):
+            raise UnknownDevice()
         if session is not None:
             previous = _claim_locked(session=session, application_id=caller.application_id, force=force)
             if previous is not None and previous != caller.application_id:
@@ -666,6 +809,15 @@ def session_claim(*, caller: Caller, tsn: str, force: bool = False, now: datetim
         raise DeviceOffline()
     taken_from = previous if previous != caller.application_id else None
     return Claim(session_id=session.pk, endpoints=list(session.endpoints), tsn=device.tsn, taken_from=taken_from)
+
+
+def _still_reached(*, principal: Principal, device_id: int) -> bool:
+    """Read again once the session is locked: a device moved meanwhile to another store is
+    no longer a store POS's. `claims_out_of_reach_release` locks the session as well, so
+    either it sees this claim and releases it, or this read sees the move."""
+    if principal.level != Level.STORE:
+        return True  # a device moves between stores of its merchant: only a store's reach changes
+    return Device.objects.filter(pk=device_id, store_id=principal.store_id).exists()
 
 
 def _claim_locked(*, session: DeviceSession, application_id: int, force: bool) -> int | None:
@@ -852,6 +1004,17 @@ def device_socket_attach(*, session_id: str, device_id: int, endpoint: str, chan
     replaced, peer = _take_slot(
         session=session, side=Side.DEVICE, endpoint=endpoint, channel_name=channel_name, node=node
     )
+    if replaced is not None and session.claimed_by_id is not None:
+        groups.send_after_commit(
+            groups.listener_group(session.claimed_by_id),
+            {
+                "type": "pos.event",
+                "event": "device_replaced",
+                "session_id": session.pk,
+                "tsn": session.device.tsn,
+                "fields": {"endpoint": endpoint},
+            },
+        )
     updates = {"last_seen_at": now, "node": node}
     if session.state != State.ONLINE:
         updates.update(state=State.ONLINE, online_at=now, offline_at=None)
@@ -881,6 +1044,7 @@ def pos_socket_attach(*, caller: Caller, session_id: str, endpoint: str, channel
         raise NotClaimHolder()
     if endpoint not in session.endpoints:
         raise UnknownEndpoint()
+    _within_session_socket_quota(caller=caller, session=session, endpoint=endpoint)
     replaced, peer = _take_slot(
         session=session,
         side=Side.POS,
@@ -897,6 +1061,21 @@ def pos_socket_attach(*, caller: Caller, session_id: str, endpoint: str, channel
         peer=peer,
         endpoints=list(session.endpoints),
     )
+
+
+def _within_session_socket_quota(*, caller: Caller, session: DeviceSession, endpoint: str) -> None:
+    """CC_MAX_SESSION_SOCKETS_PER_CREDENTIAL, counted across the deployment from the rows of
+    live sockets (a dead node's are swept). A socket that replaces the credential's own on
+    the same slot adds none. Attaches to different sessions do not wait for each other, so
+    a burst of them may pass the limit by the few that count at the same instant."""
+    limit = int(setting("MAX_SESSION_SOCKETS_PER_CREDENTIAL", 256))
+    held = (
+        SessionSocket.objects.filter(side=Side.POS, application_id=caller.application_id)
+        .exclude(session=session, endpoint=endpoint)
+        .count()
+    )
+    if held >= limit:
+        raise SocketQuotaExceeded(f"This credential already has {held} POS session sockets open (limit {limit}).")
 
 
 @transaction.atomic
@@ -1017,6 +1196,49 @@ def sessions_end(
         )
         groups.pos_event_after_commit(application_id=holder, event="session_ended", session_id=session_id, tsn=tsn)
     return ended
+
+
+def registered_sessions_end(*, application_id: int, reason: str, token_checksum: str | None = None) -> list[str]:
+    """End the live sessions whose last registration used a credential's client secret or
+    one of its access tokens (only `token_checksum`'s, if given): that credential was
+    rotated, revoked or deleted, and a terminal registered with a leaked secret must not
+    outlive it. Its device and POS session sockets close 4410."""
+    registered = DeviceSession.objects.filter(LIVE, registered_by=application_id)
+    if token_checksum is not None:
+        registered = registered.filter(registered_token=token_checksum)
+    return sessions_end(session_ids=list(registered.values_list("pk", flat=True)), reason=reason)
+
+
+@transaction.atomic
+def claims_out_of_reach_release(*, device_id: int) -> list[str]:
+    """A device moved to another store: release the claim on its live session if the
+    holder no longer reaches it (a POS of the old store; an application of the merchant
+    aggregator still does). The holder's session sockets close 4410, as for an ended
+    session; the session lives on for another POS to claim. Its listeners hear nothing
+    more of it (events go to the holder). Returns the ids of the sessions released."""
+    released = []
+    # Every live session of the device is locked, claimed or not: a claim racing the move
+    # holds the lock until it commits, or re-reads the device after it (`_still_reached`).
+    live = list(DeviceSession.objects.filter(LIVE, device_id=device_id).values_list("pk", flat=True))
+    for session in _lock_sessions(live):
+        holder = session.claimed_by_id
+        if session.state == State.ENDED or holder is None or _credential_reaches(holder, device_id):
+            continue
+        DeviceSession.objects.filter(pk=session.pk).update(claimed_by=None, claimed_at=None)
+        groups.send_after_commit(
+            groups.session_group(session.pk),
+            {"type": "claim.released", "application_id": holder, "code": CLOSE_GONE},
+        )
+        released.append(session.pk)
+    return released
+
+
+def _credential_reaches(application_id: int, device_id: int) -> bool:
+    application = Application.objects.filter(pk=application_id).first()
+    if application is None:
+        return False
+    principal = principal_for_application(application)
+    return devices_in_scope(principal=principal).filter(pk=device_id).exists()
 
 
 def credential_claims_settle(*, application_id: int, session_ids: list[str]) -> None:

@@ -8,13 +8,21 @@ Production is DEBUG off; it refuses to start without a real SECRET_KEY.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONCE as CSP_NONCE
+from django.core.checks.security.base import (
+    SECRET_KEY_INSECURE_PREFIX,
+    SECRET_KEY_MIN_LENGTH,
+    SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+)
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+JWT_KEY_MIN_BYTES = 32  # HS256: RFC 7518 §3.2 wants a key of at least the hash's size
 
 
 def env_str(name: str, default: str = "") -> str:
@@ -53,6 +61,44 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def env_rate(name: str, default: str) -> str:
+    """A request rate such as `1200/min` (DRF's syntax: per s, min, hour or day)."""
+    value = env_str(name) or default
+    if not re.fullmatch(r"[1-9]\d*/(s|sec|second|m|min|minute|h|hour|d|day)", value.strip()):
+        raise ImproperlyConfigured(f"{name} must be a rate such as 1200/min, not {value!r}")
+    return value.strip()
+
+
+def secret_key_is_strong(key: str) -> bool:
+    # Django's own rule, the one behind its security.W009 deployment check.
+    return (
+        len(key) >= SECRET_KEY_MIN_LENGTH
+        and len(set(key)) >= SECRET_KEY_MIN_UNIQUE_CHARACTERS
+        and not key.startswith(SECRET_KEY_INSECURE_PREFIX)
+    )
+
+
+def jwt_keys(value: str, *, secret_key: str) -> dict[str, str]:
+    """CC_JWT_KEYS: `kid:key` pairs, comma separated, the first signing. Anything malformed is
+    an error: a key silently dropped would only show as tokens failing to verify."""
+    keys: dict[str, str] = {}
+    for number, entry in enumerate((item.strip() for item in value.split(",")), start=1):
+        kid, colon, key = entry.partition(":")
+        if not colon or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", kid):
+            # By position only: the entry may be key material.
+            raise ImproperlyConfigured(
+                f"CC_JWT_KEYS: entry {number} is not kid:key (a kid of letters, digits, '.', '_' or '-')"
+            )
+        if kid in keys:
+            raise ImproperlyConfigured(f"CC_JWT_KEYS: the kid {kid!r} appears twice")
+        if len(key.encode()) < JWT_KEY_MIN_BYTES:
+            raise ImproperlyConfigured(f"CC_JWT_KEYS: the key of {kid!r} is shorter than {JWT_KEY_MIN_BYTES} bytes")
+        if key == secret_key:
+            raise ImproperlyConfigured(f"CC_JWT_KEYS: the key of {kid!r} is SECRET_KEY; give device tokens their own")
+        keys[kid] = key
+    return keys
+
+
 def development_secret() -> str:
     # Stable across restarts so that sessions survive `make run` being restarted.
     path = BASE_DIR / ".dev-secret-key"
@@ -68,8 +114,12 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
     SECRET_KEY = development_secret()
-elif not DEBUG and (len(SECRET_KEY) < 32 or SECRET_KEY.startswith("django-insecure")):
-    raise ImproperlyConfigured("SECRET_KEY is too weak for production (at least 32 characters)")
+elif not DEBUG and not secret_key_is_strong(SECRET_KEY):
+    raise ImproperlyConfigured(
+        f"SECRET_KEY is too weak for production: at least {SECRET_KEY_MIN_LENGTH} characters, "
+        f"{SECRET_KEY_MIN_UNIQUE_CHARACTERS} of them different, not starting with {SECRET_KEY_INSECURE_PREFIX!r} "
+        "(Django's security.W009 rule). Generate one: python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
@@ -95,10 +145,13 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Every view private unless marked login_not_required (portal/login_required.py).
+    "portal.login_required.PortalLoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -206,7 +259,9 @@ LOGOUT_REDIRECT_URL = "/accounts/login/"
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600)
 
 # Sign-in throttling (portal/login_throttle.py): the throttle backend refuses password
-# checks while a username/address pair or an address has failed too often.
+# checks while a username/address pair has failed too often, and makes an address that
+# keeps failing wait before each check (a growing, capped delay), rather than lock out
+# everyone behind it.
 AUTHENTICATION_BACKENDS = [
     "portal.login_throttle.LoginThrottleBackend",
     "django.contrib.auth.backends.ModelBackend",
@@ -215,6 +270,9 @@ PORTAL_LOGIN_THROTTLE = {
     "FAILURES_PER_USER_ADDRESS": env_int("LOGIN_FAILURES_PER_USER_ADDRESS", 5),
     "FAILURES_PER_ADDRESS": env_int("LOGIN_FAILURES_PER_ADDRESS", 20),
     "WINDOW": env_int("LOGIN_THROTTLE_WINDOW", 900),
+    "SLOWDOWN_BASE": 1,
+    "SLOWDOWN_MAX": env_int("LOGIN_SLOWDOWN_MAX", 10),
+    "SLOWDOWN_CONCURRENCY": env_int("LOGIN_SLOWDOWN_CONCURRENCY", 4),
 }
 
 LANGUAGE_CODE = "en-us"
@@ -226,7 +284,44 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_BACKEND = env_str("EMAIL_BACKEND")
+# Password reset links go by mail: in production they must reach a mailbox, not the log.
+NOT_DELIVERING_EMAIL_BACKENDS = {
+    "django.core.mail.backends.console.EmailBackend",
+    "django.core.mail.backends.locmem.EmailBackend",
+    "django.core.mail.backends.dummy.EmailBackend",
+}
+if not DEBUG and (not EMAIL_BACKEND or EMAIL_BACKEND in NOT_DELIVERING_EMAIL_BACKENDS):
+    raise ImproperlyConfigured(
+        "EMAIL_BACKEND must be set to a delivering backend when DEBUG is off, e.g. "
+        f"django.core.mail.backends.smtp.EmailBackend with EMAIL_HOST (not {EMAIL_BACKEND or 'unset'})"
+    )
+EMAIL_BACKEND = EMAIL_BACKEND or "django.core.mail.backends.console.EmailBackend"
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "webmaster@localhost")
+
+# The portal's pages load only their own scripts, styles and images: an injected <script> or
+# inline handler does not run. The few inline blocks (Swagger UI's, templates/drf_spectacular)
+# carry the request's nonce. Django 5.2 has no CSP of its own: django-csp.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'", CSP_NONCE],
+        "style-src": ["'self'", CSP_NONCE],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    },
+}
 
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -277,6 +372,20 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "connector.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    # Per client address and per credential, counted in the cache (Redis with REDIS_URL):
+    # accounts/throttles.py. Generous enough for a POS fleet behind one NAT; a flood is not.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "connector.api.throttles.ApiAddressRateThrottle",
+        "connector.api.throttles.ApiCredentialRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "api_address": env_rate("API_RATE_PER_ADDRESS", "3000/min"),
+        "api_credential": env_rate("API_RATE_PER_CREDENTIAL", "1200/min"),
+        # The token endpoint's (accounts/oauth.py): every request of an address, and the
+        # requests of a client that proved its secret.
+        "token_address": env_rate("TOKEN_RATE_PER_ADDRESS", "1200/min"),
+        "token_client": env_rate("TOKEN_RATE_PER_CLIENT", "300/min"),
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Cloud Connector provisioning API",
@@ -292,9 +401,20 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Cloud Connector relay ---------------------------------------------------------------
+# Device JWT keys of their own in production; in development, SECRET_KEY under kid "dev".
+if env_str("CC_JWT_KEYS").strip():
+    JWT_KEYS = jwt_keys(env_str("CC_JWT_KEYS"), secret_key=SECRET_KEY)
+elif DEBUG:
+    JWT_KEYS = {"dev": SECRET_KEY}
+else:
+    raise ImproperlyConfigured(
+        "CC_JWT_KEYS must be set when DEBUG is off: kid:key pairs, comma separated, each key at least "
+        f"{JWT_KEY_MIN_BYTES} bytes and not SECRET_KEY (docs/deploy.md)"
+    )
+
 CLOUD_CONNECTOR = {
     # Device JWT: signing keys by key id; the first is used to sign, all verify.
-    "JWT_KEYS": dict(pair.split(":", 1) for pair in env_list("CC_JWT_KEYS", [f"dev:{SECRET_KEY}"]) if ":" in pair),
+    "JWT_KEYS": JWT_KEYS,
     "JWT_LIFETIME": env_int("CC_JWT_LIFETIME", 300),
     "GRACE_PERIOD": env_int("CC_GRACE_PERIOD", 60),
     "ENDED_RETENTION": env_int("CC_ENDED_RETENTION", 3600),
@@ -303,8 +423,17 @@ CLOUD_CONNECTOR = {
     "PING_INTERVAL": env_int("CC_PING_INTERVAL", 10),
     "PING_TIMEOUT": env_int("CC_PING_TIMEOUT", 30),
     "ALLOWED_ORIGINS": env_list("CC_ALLOWED_ORIGINS", []),
+    # Credential failures of registrations (connector/sessions.py): per client id and
+    # address, a higher bound per address; a client id that registered from the address
+    # within VERIFIED_REGISTRATION_TTL passes the address's bound.
     "FAILED_REGISTRATION_LIMIT": env_int("CC_FAILED_REGISTRATION_LIMIT", 20),
+    "FAILED_REGISTRATION_ADDRESS_LIMIT": env_int("CC_FAILED_REGISTRATION_ADDRESS_LIMIT", 100),
     "FAILED_REGISTRATION_WINDOW": env_int("CC_FAILED_REGISTRATION_WINDOW", 60),
+    "VERIFIED_REGISTRATION_TTL": env_int("CC_VERIFIED_REGISTRATION_TTL", 86400),
+    # Taken serial numbers refused per caller before device writes answer 429
+    # (connector/serial_refusals.py).
+    "SERIAL_REFUSAL_LIMIT": env_int("CC_SERIAL_REFUSAL_LIMIT", 10),
+    "SERIAL_REFUSAL_WINDOW": env_int("CC_SERIAL_REFUSAL_WINDOW", 3600),
     "COUNTER_FLUSH_INTERVAL": env_int("CC_COUNTER_FLUSH_INTERVAL", 2),
     "SSL_PROFILE": env_str("CC_SSL_PROFILE", "INGETRUST"),
     # Base URL of the public WebSocket endpoint, e.g. wss://api.example.com. Empty:
@@ -316,6 +445,12 @@ CLOUD_CONNECTOR = {
     "NODE_TIMEOUT": env_int("CC_NODE_TIMEOUT", 30),
     # On SIGTERM, how long to wait for sockets closed with 1001 before the server stops.
     "SHUTDOWN_GRACE": env_int("CC_SHUTDOWN_GRACE", 2),
+    # A relay socket whose client leaves more than this many bytes untaken is closed (4503 a
+    # POS session socket, 1013 a device socket; connector.relay, "Backpressure").
+    "MAX_SOCKET_BUFFER": env_int("CC_MAX_SOCKET_BUFFER", 4 * 1024 * 1024),
+    # Sockets one credential may hold open; past them a new one closes with 4429.
+    "MAX_LISTENERS_PER_CREDENTIAL": env_int("CC_MAX_LISTENERS_PER_CREDENTIAL", 20),  # per process
+    "MAX_SESSION_SOCKETS_PER_CREDENTIAL": env_int("CC_MAX_SESSION_SOCKETS_PER_CREDENTIAL", 256),  # in all
 }
 
 LOGGING = {

@@ -40,6 +40,12 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
 def _domain_response(exc: Exception) -> Response | None:
     if isinstance(exc, domain.Invalid):
         return Response(field_errors(exc.errors), status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, domain.RateLimited):
+        return Response(
+            {"detail": exc.message},
+            status=status.HTTP_429_TOO_MANY_REQUESTS,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
     for error_class, code in _DOMAIN_STATUS:
         if isinstance(exc, error_class):
             return Response({"detail": exc.message}, status=code)

@@ -13,12 +13,11 @@ from django.db.models import Model, QuerySet
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -30,8 +29,10 @@ from connector import services as connector
 from connector import sessions
 from connector.api import filters
 from connector.api import serializers as s
+from connector.api.parsers import StrictJSONParser
 from connector.api.permissions import ProvisioningAccess, principal_of
-from connector.api.schema import errors
+from connector.api.schema import ErrorDetailSerializer, errors
+from connector.api.throttles import ThrottledBeforeAuthentication
 from connector.models import DeviceSession, Subscription
 
 
@@ -65,11 +66,11 @@ class Pagination(PageNumberPagination):
         return parameters
 
 
-class ScopedViewSet(viewsets.GenericViewSet):
+class ScopedViewSet(ThrottledBeforeAuthentication, viewsets.GenericViewSet):
     """The common frame: who is calling, what they see, JSON only."""
 
     permission_classes = [ProvisioningAccess]
-    parser_classes = [JSONParser]
+    parser_classes = [StrictJSONParser]
     renderer_classes = [JSONRenderer]
     pagination_class = Pagination
     filter_backends = [DjangoFilterBackend]
@@ -154,23 +155,57 @@ class RenameMixin(WriteMixin):
             accounts.object_rename(obj=instance, name=data["name"], actor=self.principal)
 
 
-def crud_schema(serializer: type, noun: str, *, writable: bool = True, updatable: bool = True):
-    """The documentation of a resource's standard operations, with their error answers."""
+def crud_schema(
+    serializer: type,
+    noun: str,
+    *,
+    writable: bool = True,
+    updatable: bool = True,
+    write_description: str | None = None,
+    write_responses: dict | None = None,
+):
+    """The documentation of a resource's standard operations, with their error answers;
+    `write_description` and `write_responses` add to those of create and update."""
+    more = write_responses or {}
     operations = {
         "list": extend_schema(summary=f"List {noun}s in scope", responses={200: serializer, **errors(400, 404)}),
         "retrieve": extend_schema(summary=f"Get a {noun}", responses={200: serializer, **errors(404)}),
     }
     if writable:
         operations["create"] = extend_schema(
-            summary=f"Create a {noun}", request=serializer, responses={201: serializer, **errors(400, 409)}
+            summary=f"Create a {noun}",
+            description=write_description,
+            request=serializer,
+            responses={201: serializer, **errors(400, 409), **more},
         )
         operations["destroy"] = extend_schema(summary=f"Delete a {noun}", responses={204: None, **errors(404, 409)})
     if updatable:
         for name, verb in (("update", "Replace"), ("partial_update", "Change")):
             operations[name] = extend_schema(
-                summary=f"{verb} a {noun}", request=serializer, responses={200: serializer, **errors(400, 404, 409)}
+                summary=f"{verb} a {noun}",
+                description=write_description,
+                request=serializer,
+                responses={200: serializer, **errors(400, 404, 409), **more},
             )
     return extend_schema_view(**operations)
+
+
+SERIAL_RULE = (
+    "A make and serial number is unique within the tenant. A serial that is taken, by a device "
+    "in the caller's scope or outside it, is refused with the same answer whoever holds it: "
+    '400 `{"serial": ["This serial number cannot be used."]}`. Each such refusal counts against '
+    "the caller (the user or the client): after `CC_SERIAL_REFUSAL_LIMIT` (10) of them within a "
+    "window of `CC_SERIAL_REFUSAL_WINDOW` seconds (3600), creating a device or changing a device's "
+    "make or serial answers 429 with a `Retry-After` header until the window ends, whether the "
+    "serial is free or not. Refusals are written to the audit log."
+)
+SERIAL_RATE_LIMITED = OpenApiResponse(
+    response=ErrorDetailSerializer,
+    description="Too many refused serial numbers; the `Retry-After` header says when to try again.",
+    examples=[
+        OpenApiExample("Rate limited", value={"detail": "Too many refused serial numbers; try again in 60 seconds."})
+    ],
+)
 
 
 class ActivationMixin:
@@ -359,7 +394,7 @@ class ApplicationViewSet(ReadMixin, WriteMixin, RotateSecretMixin, ScopedViewSet
         accounts.cloud_application_delete(app=instance, actor=self.principal)
 
 
-@crud_schema(s.DeviceSerializer, "device")
+@crud_schema(s.DeviceSerializer, "device", write_description=SERIAL_RULE, write_responses={429: SERIAL_RATE_LIMITED})
 @extend_schema(tags=["devices"])
 class DeviceViewSet(ReadMixin, WriteMixin, ActivationMixin, ScopedViewSet):
     """Payment terminals. PATCH `{"enabled": false}` disables one and ends its live session."""

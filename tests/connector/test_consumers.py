@@ -226,16 +226,23 @@ async def test_a_serial_matching_two_devices_is_ambiguous(world):
     assert (error["status_code"], error["error"]) == (409, "ambiguous_tsn")
 
 
-async def test_too_many_failed_registrations_are_rate_limited_per_address(world, settings):
-    settings.CLOUD_CONNECTOR = {**settings.CLOUD_CONNECTOR, "FAILED_REGISTRATION_LIMIT": 2}
+async def test_too_many_failed_registrations_are_rate_limited_per_client_id_and_address(world, settings):
+    # Formerly per address: the good credentials from the same address were refused too.
+    # A day's window: the counts' windows are aligned on the clock, and one must not close mid-test.
+    settings.CLOUD_CONNECTOR = {
+        **settings.CLOUD_CONNECTOR,
+        "FAILED_REGISTRATION_LIMIT": 2,
+        "FAILED_REGISTRATION_WINDOW": 86400,
+    }
     bad = request({"tsn": world.device.tsn, "custom_registration_data": {"client_id": "x", "client_secret": "y"}})
-    good = request({"tsn": world.device.tsn, "custom_registration_data": world.pos_credentials})
     for _ in range(2):
         assert (await registration_error(bad))["error"] == "invalid_client"
-    limited = await registration_error(good)
+    limited = await registration_error(bad)
     assert (limited["status_code"], limited["error"]) == (429, "rate_limited")
-    elsewhere = await register(world.device.tsn, world.pos_credentials, client=("198.51.100.7", 1))
-    assert elsewhere["status"] == "ok"
+    assert 0 < limited["retry_after"] <= 86400
+    assert (await register(world.device.tsn, world.pos_credentials))["status"] == "ok"
+    elsewhere = await registration_error(bad, client=("198.51.100.7", 1))
+    assert elsewhere["error"] == "invalid_client"
 
 
 async def test_while_the_cache_is_unreachable_registrations_are_answered_and_not_limited(world, settings, caplog):
