@@ -43,6 +43,7 @@ from accounts.credentials import (
 )
 from accounts.models import Application
 from accounts.scope import principal_for_application
+from accounts.signals import token_revoked
 from accounts.throttles import TokenAddressRateThrottle, TokenClientRateThrottle
 
 log = logging.getLogger(__name__)
@@ -132,10 +133,9 @@ class CredentialScopes(BaseScopes):
 def access_token_revoke(*, application: Application, raw_token: str) -> bool:
     """Revoke one access token of `application` (RFC 7009); False if it has none such.
 
-    The sockets that authenticated with it are told after commit and close.
+    The relay, told by the `token_revoked` signal, ends the sessions registered with it and,
+    after commit, closes the sockets that authenticated with it.
     """
-    from connector.events import token_revoked
-
     checksum = token_checksum(raw_token)
     token = (
         AccessToken.objects.select_for_update()
@@ -153,7 +153,7 @@ def access_token_revoke(*, application: Application, raw_token: str) -> bool:
         data={"client_id": application.client_id},
     )
     revoke_access_token(token)
-    token_revoked(application_id=application.pk, token_checksum=checksum)
+    token_revoked.send(sender=AccessToken, application_id=application.pk, token_checksum=checksum)
     return True
 
 

@@ -333,31 +333,8 @@ def cloud_applications_in_scope(*, principal: Principal) -> QuerySet[CloudApplic
     )
 
 
-def devices_in_scope(*, principal: Principal) -> QuerySet:
-    from connector.models import Device
-
-    return _scoped(
-        Device.objects.select_related("merchant__merchant_aggregator__tenant", "store", "tenant"),
-        principal,
-        {
-            Level.TENANT: "tenant_id",
-            Level.MERCHANT_AGGREGATOR: "merchant__merchant_aggregator_id",
-            Level.MERCHANT: "merchant_id",
-            Level.STORE: "store_id",
-        },
-    )
-
-
-def device_sessions_in_scope(*, principal: Principal) -> QuerySet:
-    from connector.models import DeviceSession
-
-    return _scoped(
-        DeviceSession.objects.select_related("device", "claimed_by"),
-        principal,
-        {
-            Level.TENANT: "device__tenant_id",
-            Level.MERCHANT_AGGREGATOR: "device__merchant__merchant_aggregator_id",
-            Level.MERCHANT: "device__merchant_id",
-            Level.STORE: "device__store_id",
-        },
-    )
+def in_scope(queryset: QuerySet, principal: Principal, path: dict[Level, str]) -> QuerySet:
+    """The queryset cut to what lies beneath the principal, `path` naming for each level the
+    lookup of that level's id: the rule of these selectors, for the selectors of the apps
+    above accounts (connector.selectors: devices and their sessions)."""
+    return _scoped(queryset, principal, path)

@@ -25,7 +25,9 @@ from accounts.models import (
     Tenant,
     User,
 )
-from accounts.scope import Level, Principal
+from accounts.permissions import Kind, kind_of, write_refusal
+from accounts.scope import Principal
+from accounts.signals import credential_revoked, secret_replaced
 
 
 @dataclass(frozen=True)
@@ -37,33 +39,11 @@ class IssuedSecret:
     client_secret: str
 
 
-def require_write(actor: Principal) -> None:
-    if not actor.can_write:
+def require_authority(actor: Principal, kind: Kind | type[models.Model]) -> None:
+    """Refuse unless the write table (accounts.permissions) lets `actor` create, change or
+    delete objects of `kind` (a Kind, or a model that has one)."""
+    if write_refusal(actor, kind if isinstance(kind, Kind) else kind_of(kind)) is not None:
         raise NotAllowed("Your role may not change this.")
-
-
-def require_level(actor: Principal, level: Level) -> None:
-    """For writes that create something reaching above the actor's own node."""
-    require_write(actor)
-    if actor.level > level:
-        raise NotAllowed("Your role may not change this.")
-
-
-# The level a caller must stand at (or above) to create, change or delete an object of each
-# kind: its parent's. A merchant user manages its stores, POS and devices, not its merchant.
-PARENT_LEVEL: dict[type[models.Model], Level] = {
-    Tenant: Level.PLATFORM,
-    MerchantAggregator: Level.TENANT,
-    Merchant: Level.MERCHANT_AGGREGATOR,
-    Store: Level.MERCHANT,
-    POS: Level.STORE,
-    CloudApplication: Level.MERCHANT_AGGREGATOR,
-    ProvisioningClient: Level.TENANT,
-}
-
-
-def require_authority(actor: Principal, model: type[models.Model]) -> None:
-    require_level(actor, PARENT_LEVEL[model])
 
 
 def validated(obj: models.Model, *, exclude: list[str] | None = None) -> models.Model:
@@ -108,7 +88,7 @@ def require_unique_name(obj: models.Model, *, owner: models.Model | None = None)
 
 @transaction.atomic
 def tenant_create(*, domain: str, name: str, actor: Principal) -> Tenant:
-    require_level(actor, Level.PLATFORM)
+    require_authority(actor, Kind.TENANT)
     tenant = validated(Tenant(domain=domain, name=name or domain))
     tenant.save()
     audit_record(actor=actor, action="tenant.create", obj=tenant, tenant_id=tenant.pk)
@@ -214,17 +194,15 @@ def _application_new(*, tenant_id: int, kind: str, name: str) -> tuple[Applicati
 
 
 def credential_revoke_tokens(*, application: Application, reason: str = "credential_revoked") -> None:
-    """Revoke every token of a credential and close the sockets that used them, and the
-    sessions registered with it (connector.events.credential_revoked)."""
-    from connector.events import credential_revoked
-
+    """Revoke every token of a credential; the relay, told by the `credential_revoked`
+    signal, closes the sockets that used them and ends the sessions registered with it."""
     # Locked first, so that a registration checked against this credential either commits
-    # before (and its session is found and ended) or waits and is refused
-    # (connector.sessions._credential_still_holds).
+    # before (and its session is found and ended) or waits and is refused (the relay's
+    # caller authentication checks that the credential still holds, under this lock).
     list(Application.objects.select_for_update().filter(pk=application.pk).values_list("pk"))
     AccessToken.objects.filter(application=application).delete()
     RefreshToken.objects.filter(application=application).delete()
-    credential_revoked(application_id=application.pk, reason=reason)
+    credential_revoked.send(sender=Application, application_id=application.pk, reason=reason)
 
 
 @transaction.atomic
@@ -244,11 +222,9 @@ def pos_create(*, store: Store, name: str, actor: Principal) -> IssuedSecret:
 def credential_rotate(*, obj: POS | CloudApplication | ProvisioningClient, actor: Principal) -> IssuedSecret:
     """A new secret; the old one fails from the commit on, its tokens are revoked, and the
     sessions registered with either end (their sockets close 4410)."""
-    from connector.events import secret_replaced
-
     require_authority(actor, type(obj))
     application = obj.application
-    secret_replaced(previous_hash=application.client_secret)
+    secret_replaced.send(sender=Application, previous_hash=application.client_secret)
     secret = generate_client_secret()
     application.client_secret = secret
     application.save()
@@ -370,8 +346,7 @@ def cloud_application_delete(*, app: CloudApplication, actor: Principal) -> None
 
 @transaction.atomic
 def provisioning_client_create(*, tenant: Tenant, actor: Principal, name: str = "provisioning") -> IssuedSecret:
-    # A provisioning client acts for the whole tenant: nobody below the tenant may make one.
-    require_level(actor, Level.TENANT)
+    require_authority(actor, Kind.PROVISIONING_CLIENT)
     application, secret = _application_new(tenant_id=tenant.pk, kind=Application.Kind.PROVISIONING, name=name)
     client = ProvisioningClient.objects.create(tenant=tenant, name=name, application=application)
     audit_record(
@@ -399,7 +374,7 @@ def user_create(
     role: str = Membership.Role.ADMIN,
     is_staff: bool = False,
 ) -> User:
-    require_level(actor, Level.PLATFORM if is_staff else Level.MERCHANT)
+    require_authority(actor, Kind.STAFF_USER if is_staff else Kind.USER)
     if (merchant_aggregator is None) == (merchant is None) and not is_staff:
         raise Invalid("A user belongs to exactly one merchant aggregator or one merchant.")
     if User.objects.filter(username__iexact=username).exists():

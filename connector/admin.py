@@ -1,6 +1,7 @@
-"""Admin for the relay's data: devices (with bulk actions and the CSV import), subscriptions,
-activations and sessions. Writes go through connector.services with the staff Principal
-(see accounts.admin.ServiceModelAdmin)."""
+"""Admin for the relay's data: devices here (with bulk actions and the CSV import);
+subscriptions, activations and the Cloud Connector parts of the organisation tree's admins
+in admin_activation.py; sessions, sockets and heartbeats in admin_sessions.py. Writes go
+through connector.services with the staff Principal (see accounts.admin_base.ServiceModelAdmin)."""
 
 from __future__ import annotations
 
@@ -13,22 +14,16 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from accounts.admin import ReadOnlyAdmin, ServiceModelAdmin
+# Imported for their registrations: Django's autodiscovery imports only this module.
+import connector.admin_sessions  # noqa: F401
+from accounts.admin_base import ServiceModelAdmin
 from accounts.errors import DomainError
-from accounts.scope import device_sessions_in_scope, devices_in_scope, tenants_in_scope
+from accounts.scope import tenants_in_scope
 from connector import serial_refusals, services
+from connector.admin_activation import ActivationPermissionMixin
 from connector.csv_import import COLUMNS, MAX_FILE_BYTES, MAX_ROWS, devices_import_csv
-from connector.models import (
-    Activation,
-    Device,
-    DeviceSession,
-    NodeHeartbeat,
-    Service,
-    ServiceDomain,
-    SessionSocket,
-    Subscription,
-    tsn_lower,
-)
+from connector.models import Device, tsn_lower
+from connector.selectors import devices_in_scope
 from connector.services import Unusable
 
 UNUSABLE_TEXT = {
@@ -109,7 +104,8 @@ class DeviceImportForm(forms.Form):
 
 
 @admin.register(Device)
-class DeviceAdmin(ServiceModelAdmin):
+class DeviceAdmin(ActivationPermissionMixin, ServiceModelAdmin):
+    activation_level = "device"
     list_display = [
         "tsn",
         "tenant",
@@ -254,7 +250,7 @@ class DeviceAdmin(ServiceModelAdmin):
     def disable_devices(self, request, queryset):
         self._set_enabled(request, queryset, False, "Devices disabled")
 
-    @admin.action(description="Activate Cloud Connector", permissions=["change"])
+    @admin.action(description="Activate Cloud Connector", permissions=["activation_write"])
     def activate_cloud_connector(self, request, queryset):
         actor = self.principal(request)
         self.apply_each(
@@ -265,7 +261,7 @@ class DeviceAdmin(ServiceModelAdmin):
         )
         self._report_still_unusable(request, queryset)
 
-    @admin.action(description="Deactivate Cloud Connector (ends their sessions)", permissions=["change"])
+    @admin.action(description="Deactivate Cloud Connector (ends their sessions)", permissions=["activation_write"])
     def deactivate_cloud_connector(self, request, queryset):
         actor = self.principal(request)
         self.apply_each(
@@ -329,154 +325,3 @@ class DeviceAdmin(ServiceModelAdmin):
             "max_mib": MAX_FILE_BYTES // 1024 // 1024,
         }
         return TemplateResponse(request, "admin/connector/device/import_csv.html", context)
-
-
-@admin.register(Subscription)
-class SubscriptionAdmin(ServiceModelAdmin):
-    list_display = ["tenant", "service", "created_at"]
-    list_filter = ["service"]
-    search_fields = ["tenant__domain", "tenant__name"]
-    autocomplete_fields = ["tenant"]
-    list_select_related = ["tenant", "service"]
-    fields = ["tenant", "service"]
-
-    def create_through_service(self, request, form):
-        data = form.cleaned_data
-        return services.subscription_create(
-            tenant=data["tenant"], service_code=data["service"].code, actor=self.principal(request)
-        )
-
-    def delete_through_service(self, request, obj):
-        services.subscription_delete(subscription=obj, actor=self.principal(request))
-
-
-class ActivationLevelFilter(admin.SimpleListFilter):
-    title = "level"
-    parameter_name = "level"
-    LEVELS = {"merchant_aggregator": "Merchant aggregator", "merchant": "Merchant", "device": "Device"}
-
-    def lookups(self, request, model_admin):
-        return list(self.LEVELS.items())
-
-    def queryset(self, request, queryset):
-        if self.value() in self.LEVELS:
-            return queryset.filter(**{f"{self.value()}__isnull": False})
-        return queryset
-
-
-@admin.register(Activation)
-class ActivationAdmin(ServiceModelAdmin):
-    """Where Cloud Connector is switched on. Activate with the actions on merchant aggregators,
-    merchants and devices; deleting a row here deactivates that level."""
-
-    list_display = ["target", "level", "service", "created_at"]
-    list_filter = [ActivationLevelFilter, "service"]
-    search_fields = ["merchant_aggregator__name", "merchant__name", "device__serial"]
-    list_select_related = ["service", "merchant_aggregator", "merchant", "device"]
-    fields = ["service", "merchant_aggregator", "merchant", "device", "created_at"]
-    readonly_fields = fields
-
-    @admin.display(description="Activated for")
-    def target(self, obj):
-        return obj.merchant_aggregator or obj.merchant or obj.device
-
-    @admin.display(description="Level")
-    def level(self, obj):
-        for field, label in ActivationLevelFilter.LEVELS.items():
-            if getattr(obj, f"{field}_id"):
-                return label
-        return "-"
-
-    def delete_through_service(self, request, obj):
-        services.service_deactivate(obj=self.target(obj), actor=self.principal(request))
-
-
-@admin.register(DeviceSession)
-class DeviceSessionAdmin(ServiceModelAdmin):
-    """Sessions are the relay's; staff may only end live ones (through `device_session_end`)."""
-
-    list_display = [
-        "id",
-        "device",
-        "tenant",
-        "state",
-        "claimed_by_client",
-        "frames_relayed",
-        "frames_dropped",
-        "created_at",
-        "last_seen_at",
-        "end_reason",
-    ]
-    list_filter = ["state", ("device__tenant", admin.RelatedFieldListFilter)]
-    search_fields = ["id", "device__serial", "claimed_by__client_id"]
-    date_hierarchy = "created_at"
-    actions = ["end_sessions"]
-
-    def get_queryset(self, request):
-        return device_sessions_in_scope(principal=self.principal(request)).select_related(
-            "device__tenant", "claimed_by"
-        )
-
-    @admin.display(description="Tenant", ordering="device__tenant__domain")
-    def tenant(self, obj):
-        return obj.device.tenant
-
-    @admin.display(description="Claimed by", ordering="claimed_by__client_id")
-    def claimed_by_client(self, obj):
-        return obj.claimed_by.client_id if obj.claimed_by else "-"
-
-    def get_fields(self, request, obj=None):
-        return [
-            "id",
-            "device",
-            "state",
-            "endpoints",
-            "claimed_by_client",
-            "claimed_at",
-            "frames_relayed",
-            "frames_dropped",
-            "node",
-            "created_at",
-            "jwt_expires_at",
-            "online_at",
-            "offline_at",
-            "last_seen_at",
-            "ended_at",
-            "end_reason",
-        ]
-
-    def get_readonly_fields(self, request, obj=None):
-        return self.get_fields(request, obj)
-
-    @admin.action(description="End the selected live sessions (sockets close with 4410)", permissions=["service_write"])
-    def end_sessions(self, request, queryset):
-        actor = self.principal(request)
-        self.apply_each(
-            request,
-            queryset.exclude(state=DeviceSession.State.ENDED).select_related("device"),
-            lambda session: services.device_session_end(session=session, actor=actor),
-            "Sessions ended",
-        )
-
-
-@admin.register(SessionSocket)
-class SessionSocketAdmin(ReadOnlyAdmin):
-    list_display = ["session", "side", "endpoint", "node", "connected_at"]
-    list_filter = ["side", "node"]
-    search_fields = ["session__id", "node"]
-
-
-@admin.register(ServiceDomain)
-class ServiceDomainAdmin(ReadOnlyAdmin):
-    list_display = ["code", "name"]
-
-
-@admin.register(Service)
-class ServiceAdmin(ReadOnlyAdmin):
-    list_display = ["code", "name", "domain"]
-    list_select_related = ["domain"]
-
-
-@admin.register(NodeHeartbeat)
-class NodeHeartbeatAdmin(ReadOnlyAdmin):
-    list_display = ["node", "seen_at"]

@@ -30,8 +30,9 @@ from django.db.models.functions import Lower
 from accounts.audit import audit_record
 from accounts.errors import Invalid, NotFound, RateLimited
 from accounts.models import NAME_MAX_LENGTH, Merchant, Store, Tenant
+from accounts.permissions import Kind
 from accounts.scope import Principal, merchants_in_scope, stores_in_scope, tenants_in_scope
-from accounts.services import require_write
+from accounts.services import require_authority
 from connector import serial_refusals
 from connector.models import Device
 from connector.services import device_create
@@ -85,7 +86,7 @@ class _RowFailed(Exception):
 
 def devices_import_csv(*, tenant: Tenant, file: IO[bytes] | bytes, actor: Principal) -> ImportResult:
     """Import devices into `tenant` from a CSV file. Nothing is created unless every row is good."""
-    require_write(actor)
+    require_authority(actor, Kind.DEVICE)
     if not tenants_in_scope(principal=actor).filter(pk=tenant.pk).exists():
         raise NotFound("No such tenant.")
     wait = serial_refusals.retry_after(actor=actor)

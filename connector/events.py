@@ -3,6 +3,11 @@
 Service functions call these inside their transaction; the database change (ending a
 session) happens there, and the channel-layer messages that make consumers close their
 sockets go out on commit, so no consumer acts on a change that was rolled back.
+
+What accounts announces (accounts/signals.py: credential_revoked, secret_replaced,
+token_revoked) reaches these through receivers connected in ConnectorConfig.ready
+(`accounts_signals_connect`); accounts never imports the relay. The signals are sent inside
+the sender's transaction, so the receivers run exactly where the calls used to.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.db.models import QuerySet
 
+from accounts import signals
 from connector import groups
 
 
@@ -62,8 +68,8 @@ def token_revoked(*, application_id: int, token_checksum: str) -> None:
 
 def secret_replaced(*, previous_hash: str) -> None:
     """A credential's secret was rotated: this process forgets, at commit, that the old one
-    matched (connector.sessions.secret_forget)."""
-    from connector.sessions import secret_forget
+    matched (connector.callers.secret_forget)."""
+    from connector.callers import secret_forget
 
     transaction.on_commit(lambda: secret_forget(stored=previous_hash))
 
@@ -74,3 +80,28 @@ def device_moved(*, device_id: int) -> None:
     from connector.sessions import claims_out_of_reach_release
 
     claims_out_of_reach_release(device_id=device_id)
+
+
+# --- receivers of accounts' signals ---------------------------------------------------------
+
+
+def on_credential_revoked(sender, *, application_id: int, reason: str, **kwargs) -> None:
+    credential_revoked(application_id=application_id, reason=reason)
+
+
+def on_secret_replaced(sender, *, previous_hash: str, **kwargs) -> None:
+    secret_replaced(previous_hash=previous_hash)
+
+
+def on_token_revoked(sender, *, application_id: int, token_checksum: str, **kwargs) -> None:
+    token_revoked(application_id=application_id, token_checksum=token_checksum)
+
+
+def accounts_signals_connect() -> None:
+    """Subscribe the relay to accounts' signals, once (ConnectorConfig.ready)."""
+    for signal, receiver in (
+        (signals.credential_revoked, on_credential_revoked),
+        (signals.secret_replaced, on_secret_replaced),
+        (signals.token_revoked, on_token_revoked),
+    ):
+        signal.connect(receiver, dispatch_uid=f"{__name__}.{receiver.__name__}")

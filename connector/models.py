@@ -214,6 +214,42 @@ class NodeHeartbeat(models.Model):
 
     node = models.CharField(max_length=100, primary_key=True)
     seen_at = models.DateTimeField()
+    # What the process reported with its last heartbeat (connector.fleet.node_snapshot): its
+    # sockets by kind and the sessions it holds, read from the sources of its /metrics.
+    snapshot = models.JSONField(default=dict, blank=True)
 
     def __str__(self) -> str:
         return f"{self.node} at {self.seen_at:%H:%M:%S}"
+
+
+class Fleet(NodeHeartbeat):
+    """The admin's fleet page (connector.fleet_admin): the live workers, sessions by state and
+    the refusals of the last hour. A proxy for its `view_fleet` permission and its place in the
+    admin's index."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "fleet"
+        verbose_name_plural = "fleet"
+
+
+class RefusalTally(models.Model):
+    """Refusals of one process in one minute for one reason ("registration:invalid_client",
+    "claim:device_offline", "token_request:invalid_client", "device_socket:4401"...), written by
+    its heartbeat from accounts.metrics.refusals: the same events as the /metrics counters. Rows
+    outlive their process (a worker that died still counts in the last hour) and are deleted
+    after connector.fleet.TALLY_RETENTION."""
+
+    node = models.CharField(max_length=100)
+    minute = models.DateTimeField()
+    reason = models.CharField(max_length=80)
+    count = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["node", "minute", "reason"], name="one_tally_per_node_minute_reason")
+        ]
+        indexes = [models.Index(fields=["minute"], name="refusal_tally_minute")]
+
+    def __str__(self) -> str:
+        return f"{self.reason} × {self.count} at {self.minute:%H:%M} on {self.node}"

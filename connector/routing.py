@@ -9,17 +9,20 @@ so does every path outside the four routes.
 
 from django.urls import re_path
 
-from connector import consumers
+from connector.consumers.base import NotFoundConsumer
+from connector.consumers.device_listener import DeviceListenerConsumer
+from connector.consumers.pos_listener import PosListenerConsumer
+from connector.consumers.relay_sockets import DeviceSocketConsumer, PosSessionConsumer
 
 _SESSION = r"(?P<session_id>[A-Za-z0-9_-]{1,64})"
 _ENDPOINT = r"(?P<endpoint>/.*)?"
 
 websocket_urlpatterns: list = [
-    re_path(r"^cloud-connector/v1/device-listener/?$", consumers.DeviceListenerConsumer.as_asgi()),
-    re_path(r"^cloud-connector/v1/pos-listener/?$", consumers.PosListenerConsumer.as_asgi()),
-    re_path(rf"^cloud-connector/v1/device/{_SESSION}{_ENDPOINT}$", consumers.DeviceSocketConsumer.as_asgi()),
-    re_path(rf"^cloud-connector/v1/session/{_SESSION}{_ENDPOINT}$", consumers.PosSessionConsumer.as_asgi()),
+    re_path(r"^cloud-connector/v1/device-listener/?$", DeviceListenerConsumer.as_asgi()),
+    re_path(r"^cloud-connector/v1/pos-listener/?$", PosListenerConsumer.as_asgi()),
+    re_path(rf"^cloud-connector/v1/device/{_SESSION}{_ENDPOINT}$", DeviceSocketConsumer.as_asgi()),
+    re_path(rf"^cloud-connector/v1/session/{_SESSION}{_ENDPOINT}$", PosSessionConsumer.as_asgi()),
     # Any other path, under the prefix or not: accepted and closed with 4404. Without a
     # route, Channels' router raises "No route found" and the handshake fails with a 500.
-    re_path(r"", consumers.NotFoundConsumer.as_asgi()),
+    re_path(r"", NotFoundConsumer.as_asgi()),
 ]

@@ -5,7 +5,7 @@ A make and serial is unique within a tenant, but the device holding it may lie o
 caller's scope (another merchant aggregator's estate). So every refusal says the same
 thing, `REFUSED`, whoever holds the serial, and a caller that keeps hitting taken serials
 is rate limited: after `SERIAL_REFUSAL_LIMIT` refusals in a `SERIAL_REFUSAL_WINDOW`
-(CLOUD_CONNECTOR settings) every further attempt to create a device or change a
+(connector.conf) every further attempt to create a device or change a
 device's make or serial answers RateLimited until the window closes, whether the serial
 is free or not, so that the answer stops telling taken from free. Each refusal and each
 attempt refused for the limit is written to the audit log (`device.serial_refused`,
@@ -20,20 +20,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from django.conf import settings
-
 from accounts import failure_counts
 from accounts.errors import Invalid, RateLimited
 from accounts.models import AuditEntry
 from accounts.scope import Principal
+from connector.conf import connector_settings
 from connector.models import SERIAL_REFUSED as REFUSED
 
 AUDIT_ACTION = "device.serial_refused"
-DEFAULTS = {"SERIAL_REFUSAL_LIMIT": 10, "SERIAL_REFUSAL_WINDOW": 3600}
-
-
-def _setting(name: str) -> int:
-    return int(getattr(settings, "CLOUD_CONNECTOR", {}).get(name, DEFAULTS[name]))
 
 
 def caller_key(actor: Principal) -> str:
@@ -48,7 +42,7 @@ def caller_key(actor: Principal) -> str:
 
 def _counter(actor: Principal) -> tuple[str, int, int]:
     """The caller's counter key in the current window, the window and the seconds it has left."""
-    window = _setting("SERIAL_REFUSAL_WINDOW")
+    window = connector_settings.SERIAL_REFUSAL_WINDOW
     number, left = failure_counts.window_bucket(window)
     digest = hashlib.sha256(caller_key(actor).encode()).hexdigest()[:32]
     return f"serial-refused:{digest}:{number}", window, left
@@ -58,7 +52,7 @@ def retry_after(*, actor: Principal) -> int | None:
     """Seconds until the caller may try serials again, or None when it may now."""
     key, _window, left = _counter(actor)
     refused = failure_counts.counts([key]).get(key, 0)
-    return left if refused >= _setting("SERIAL_REFUSAL_LIMIT") else None
+    return left if refused >= connector_settings.SERIAL_REFUSAL_LIMIT else None
 
 
 def refusal_count(*, actor: Principal, refusals: int = 1) -> None:

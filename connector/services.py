@@ -18,8 +18,9 @@ from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, 
 from accounts.audit import audit_record
 from accounts.errors import Conflict, Invalid
 from accounts.models import Merchant, MerchantAggregator, Store, Tenant
-from accounts.scope import Level, Principal
-from accounts.services import require_level, require_write, validated
+from accounts.permissions import Kind, activation_kind
+from accounts.scope import Principal
+from accounts.services import require_authority, validated
 from connector import events, serial_refusals
 from connector.models import CLOUD_CONNECTOR, Activation, Device, DeviceSession, Service, ServiceDomain, Subscription
 
@@ -147,7 +148,7 @@ def is_active(*, obj: MerchantAggregator | Merchant | Device) -> bool:
 
 @transaction.atomic
 def subscription_create(*, tenant: Tenant, actor: Principal, service_code: str = CLOUD_CONNECTOR) -> Subscription:
-    require_level(actor, Level.TENANT)
+    require_authority(actor, Kind.SUBSCRIPTION)
     service = cloud_connector() if service_code == CLOUD_CONNECTOR else None
     if service is None:
         raise Invalid({"service": [f"Unknown service {service_code!r}."]})
@@ -160,7 +161,7 @@ def subscription_create(*, tenant: Tenant, actor: Principal, service_code: str =
 
 @transaction.atomic
 def subscription_delete(*, subscription: Subscription, actor: Principal) -> None:
-    require_level(actor, Level.TENANT)
+    require_authority(actor, Kind.SUBSCRIPTION)
     tenant_id = subscription.tenant_id
     audit_record(actor=actor, action="subscription.delete", obj=subscription, tenant_id=tenant_id)
     subscription.delete()
@@ -178,22 +179,6 @@ def activation_level(obj: MerchantAggregator | Merchant | Device) -> str:
     if isinstance(obj, Device):
         return "device"
     raise TypeError(f"Cloud Connector is not activated for {type(obj).__name__}")
-
-
-# Who may switch Cloud Connector on or off at each level: the merchant aggregator manages
-# the service for itself and its merchants; a merchant manages its own devices (e.g. one
-# created after the merchant was activated).
-ACTIVATION_AUTHORITY = {
-    "merchant_aggregator": Level.MERCHANT_AGGREGATOR,
-    "merchant": Level.MERCHANT_AGGREGATOR,
-    "device": Level.MERCHANT,
-}
-
-
-def may_switch(*, actor: Principal, level: str) -> bool:
-    """May `actor` switch Cloud Connector on or off at `level` (activation_level's names)?
-    What service_activate and service_deactivate require, for pages that offer the switch."""
-    return actor.can_write and actor.level <= ACTIVATION_AUTHORITY[level]
 
 
 def devices_beneath(obj: MerchantAggregator | Merchant | Device) -> QuerySet[Device]:
@@ -218,7 +203,7 @@ def service_activate(*, obj: MerchantAggregator | Merchant | Device, actor: Prin
     merchant also activates every device beneath it now. Returns how many devices were
     newly activated (the object itself included when it is a device)."""
     level = activation_level(obj)
-    require_level(actor, ACTIVATION_AUTHORITY[level])
+    require_authority(actor, activation_kind(level))
     service = cloud_connector()
     _, created = Activation.objects.get_or_create(service=service, **{level: obj})
     if level == "device":
@@ -243,7 +228,7 @@ def service_deactivate(*, obj: MerchantAggregator | Merchant | Device, actor: Pr
     """Deactivate at one level. Devices beneath keep their own activation, but none of
     them is usable while a level above is inactive; their live sessions end."""
     level = activation_level(obj)
-    require_level(actor, ACTIVATION_AUTHORITY[level])
+    require_authority(actor, activation_kind(level))
     Activation.objects.filter(service__code=CLOUD_CONNECTOR, **{level: obj}).delete()
     audit_record(actor=actor, action=f"{level}.cloud_connector.deactivate", obj=obj, tenant_id=_tenant_id(obj))
     events.devices_changed(devices=devices_beneath(obj))
@@ -331,7 +316,7 @@ def device_create(
 ) -> Device:
     """Provision a device. It is not active for Cloud Connector until activated itself,
     whatever the state of its merchant (the seed's rule)."""
-    require_level(actor, Level.MERCHANT)
+    require_authority(actor, Kind.DEVICE)
     _check_store(merchant=merchant, store=store)
     device = Device(
         tenant_id=merchant.merchant_aggregator.tenant_id,
@@ -363,7 +348,7 @@ DEVICE_UPDATABLE = ("store", "make", "model", "serial", "enabled", "provisioned"
 def device_update(*, device: Device, actor: Principal, **changes) -> Device:
     """Change a device's store, identity or state. Disabling it ends its live session;
     moving it releases the claims of holders that no longer reach it."""
-    require_level(actor, Level.MERCHANT)
+    require_authority(actor, Kind.DEVICE)
     unknown = set(changes) - set(DEVICE_UPDATABLE)
     if unknown:
         raise Invalid({field: ["This field cannot be changed."] for field in unknown})
@@ -401,7 +386,7 @@ def device_set_enabled(*, device: Device, enabled: bool, actor: Principal) -> De
 
 @transaction.atomic
 def device_delete(*, device: Device, actor: Principal) -> None:
-    require_level(actor, Level.MERCHANT)
+    require_authority(actor, Kind.DEVICE)
     audit_record(actor=actor, action="device.delete", obj=device, tenant_id=device.tenant_id)
     events.devices_changed(devices=Device.objects.filter(pk=device.pk), deleted=True)
     device.delete()
@@ -413,7 +398,7 @@ def device_session_end(*, session: DeviceSession, actor: Principal, reason: str 
     close with 4410. An ended session is a conflict, not a silent success."""
     from connector.sessions import sessions_end
 
-    require_write(actor)
+    require_authority(actor, Kind.DEVICE_SESSION)
     if not sessions_end(session_ids=[session.pk], reason=reason):
         raise Conflict("The session has already ended.")
     device = session.device

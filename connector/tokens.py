@@ -1,6 +1,6 @@
 """The device JWT: what a terminal presents on its device sockets after registering.
 
-- HS256 with the keys of `CLOUD_CONNECTOR["JWT_KEYS"]` (`{kid: secret}`): the first key
+- HS256 with the keys of `connector_settings.JWT_KEYS` (`{kid: secret}`): the first key
   signs, every key verifies, and the header's `kid` picks the key. Rotation: put the new
   key first and keep the old one until the old tokens have expired (`JWT_LIFETIME`).
 - Claims: `sid` (the session id) and `did` (the device id), plus `iat`, `exp`, `aud`
@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass
 
 import jwt
-from django.conf import settings
+
+from connector.conf import connector_settings
 
 ALGORITHM = "HS256"
 AUDIENCE = "cloud-connector/device"
@@ -43,14 +44,14 @@ class IssuedToken:
 
 
 def _keys() -> dict[str, str]:
-    keys = settings.CLOUD_CONNECTOR["JWT_KEYS"]
+    keys = connector_settings.JWT_KEYS
     if not keys:
         raise RuntimeError("CLOUD_CONNECTOR['JWT_KEYS'] is empty: the relay cannot sign device tokens")
     return keys
 
 
 def lifetime() -> int:
-    return int(settings.CLOUD_CONNECTOR["JWT_LIFETIME"])
+    return connector_settings.JWT_LIFETIME
 
 
 def device_token_issue(*, session_id: str, device_id: int, now: float | None = None) -> IssuedToken:

@@ -8,10 +8,10 @@ from datetime import datetime
 
 from django.db.models import Prefetch, QuerySet
 
-from accounts.scope import Principal, devices_in_scope
+from accounts.scope import Principal
 from connector.models import Device, DeviceSession
+from connector.selectors import LIVE, devices_in_scope
 from connector.services import Unusable, devices_with_activation, unusable_reason_from_flags, with_online
-from connector.sessions import LIVE
 
 REASON_TEXT = {
     Unusable.DISABLED: "The device is not provisioned and enabled in PPaaS.",

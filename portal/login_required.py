@@ -10,6 +10,9 @@ authenticates by itself and answers 401), the OpenAPI schema and its Swagger UI,
 assets, sign-in, and the password reset pages (Django marks its own).
 tests/portal/test_private_by_default.py holds the list, so that a view added without a
 decision fails there.
+
+`/healthz`, `/readyz` and `/metrics` never reach this middleware: portal.health.HealthMiddleware
+answers them before it (unauthenticated; /metrics by address and token, not by sign-in).
 """
 
 from __future__ import annotations

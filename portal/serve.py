@@ -20,7 +20,7 @@ different processes almost always; separate ports let the proxy choose.
 WORKERS > 1 needs REDIS_URL and DATABASE_URL: the in-memory channel layer and SQLite are
 private to one process. A worker that exits on its own is started again (after a short
 backoff); SIGTERM or SIGINT is passed to every worker, which closes its sockets with 1001
-(connector/relay.py), and the command returns when all have stopped.
+(connector/relay/shutdown.py), and the command returns when all have stopped.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def worker_command(host: str, port: int) -> list[str]:
         # every frame.
         "--ws-per-message-deflate",
         "false",
-        # The application checks CC_MAX_MESSAGE_SIZE itself and closes with 1009 (relay.py);
+        # The application checks CC_MAX_MESSAGE_SIZE itself and closes with 1009 (relay/servers.py);
         # uvicorn must hand it at least that much.
         "--ws-max-size",
         str(max_message + 1024),

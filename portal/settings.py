@@ -7,6 +7,7 @@ Production is DEBUG off; it refuses to start without a real SECRET_KEY.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -144,6 +145,12 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # A request id on every log line of a request, echoed in X-Request-ID (portal/logs.py).
+    "portal.logs.RequestIdMiddleware",
+    # /healthz, /readyz and /metrics, answered before the rest: probes reach a worker by its
+    # internal address over plain HTTP, need no session or user, and are never rate limited
+    # (portal/health.py).
+    "portal.health.HealthMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -202,8 +209,8 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             # channels_redis's RedisChannelLayer, made to ride out a Redis restart without
-            # closing sockets (connector/relay.py, docs/benchmarks.md for the choice of layer).
-            "BACKEND": "connector.relay.RedisChannelLayer",
+            # closing sockets (connector/relay/redis_layer.py, docs/benchmarks.md for the choice of layer).
+            "BACKEND": "connector.relay.redis_layer.RedisChannelLayer",
             "CONFIG": {
                 # channels_redis waits for messages with a 5 s blocking pop (BZPOPMIN); redis-py 8
                 # reads with a 5 s socket timeout by default, so an idle consumer would die with
@@ -412,51 +419,123 @@ else:
         f"{JWT_KEY_MIN_BYTES} bytes and not SECRET_KEY (docs/deploy.md)"
     )
 
+# Each key's default, type and meaning are in connector/conf.py (`connector_settings`), and
+# only there: CLOUD_CONNECTOR holds the JWT keys and what the environment sets, `CC_<KEY>` (or
+# `CC_<KEY>_FILE`), each read by its typed reader (lower case: not a setting itself).
+cc_environment = {
+    "JWT_LIFETIME": env_int,
+    "GRACE_PERIOD": env_int,
+    "ENDED_RETENTION": env_int,
+    "REGISTRATION_TIMEOUT": env_int,
+    "MAX_MESSAGE_SIZE": env_int,
+    "PING_INTERVAL": env_int,
+    "PING_TIMEOUT": env_int,
+    "ALLOWED_ORIGINS": env_list,
+    "FAILED_REGISTRATION_LIMIT": env_int,
+    "FAILED_REGISTRATION_ADDRESS_LIMIT": env_int,
+    "FAILED_REGISTRATION_WINDOW": env_int,
+    "VERIFIED_REGISTRATION_TTL": env_int,
+    "SERIAL_REFUSAL_LIMIT": env_int,
+    "SERIAL_REFUSAL_WINDOW": env_int,
+    "COUNTER_FLUSH_INTERVAL": env_int,
+    "SSL_PROFILE": env_str,
+    "PUBLIC_WS_URL": env_str,
+    "SWEEP_INTERVAL": env_int,
+    "NODE_TIMEOUT": env_int,
+    "SHUTDOWN_GRACE": env_int,
+    "MAX_SOCKET_BUFFER": env_int,
+    "MAX_LISTENERS_PER_CREDENTIAL": env_int,
+    "MAX_SESSION_SOCKETS_PER_CREDENTIAL": env_int,
+}
+# With no default, a reader answers None for a variable that is not set (or set empty, for
+# a number or a list): that key is left out, and the app's default holds.
 CLOUD_CONNECTOR = {
-    # Device JWT: signing keys by key id; the first is used to sign, all verify.
     "JWT_KEYS": JWT_KEYS,
-    "JWT_LIFETIME": env_int("CC_JWT_LIFETIME", 300),
-    "GRACE_PERIOD": env_int("CC_GRACE_PERIOD", 60),
-    "ENDED_RETENTION": env_int("CC_ENDED_RETENTION", 3600),
-    "REGISTRATION_TIMEOUT": env_int("CC_REGISTRATION_TIMEOUT", 10),
-    "MAX_MESSAGE_SIZE": env_int("CC_MAX_MESSAGE_SIZE", 1024 * 1024),
-    "PING_INTERVAL": env_int("CC_PING_INTERVAL", 10),
-    "PING_TIMEOUT": env_int("CC_PING_TIMEOUT", 30),
-    "ALLOWED_ORIGINS": env_list("CC_ALLOWED_ORIGINS", []),
-    # Credential failures of registrations (connector/sessions.py): per client id and
-    # address, a higher bound per address; a client id that registered from the address
-    # within VERIFIED_REGISTRATION_TTL passes the address's bound.
-    "FAILED_REGISTRATION_LIMIT": env_int("CC_FAILED_REGISTRATION_LIMIT", 20),
-    "FAILED_REGISTRATION_ADDRESS_LIMIT": env_int("CC_FAILED_REGISTRATION_ADDRESS_LIMIT", 100),
-    "FAILED_REGISTRATION_WINDOW": env_int("CC_FAILED_REGISTRATION_WINDOW", 60),
-    "VERIFIED_REGISTRATION_TTL": env_int("CC_VERIFIED_REGISTRATION_TTL", 86400),
-    # Taken serial numbers refused per caller before device writes answer 429
-    # (connector/serial_refusals.py).
-    "SERIAL_REFUSAL_LIMIT": env_int("CC_SERIAL_REFUSAL_LIMIT", 10),
-    "SERIAL_REFUSAL_WINDOW": env_int("CC_SERIAL_REFUSAL_WINDOW", 3600),
-    "COUNTER_FLUSH_INTERVAL": env_int("CC_COUNTER_FLUSH_INTERVAL", 2),
-    "SSL_PROFILE": env_str("CC_SSL_PROFILE", "INGETRUST"),
-    # Base URL of the public WebSocket endpoint, e.g. wss://api.example.com. Empty:
-    # derived from the handshake's Host header (ws in development, wss otherwise).
-    "PUBLIC_WS_URL": env_str("CC_PUBLIC_WS_URL"),
-    # Each serving process records a heartbeat and sweeps due sessions every SWEEP_INTERVAL
-    # seconds; the sockets of a process silent for NODE_TIMEOUT seconds are presumed gone.
-    "SWEEP_INTERVAL": env_int("CC_SWEEP_INTERVAL", 5),
-    "NODE_TIMEOUT": env_int("CC_NODE_TIMEOUT", 30),
-    # On SIGTERM, how long to wait for sockets closed with 1001 before the server stops.
-    "SHUTDOWN_GRACE": env_int("CC_SHUTDOWN_GRACE", 2),
-    # A relay socket whose client leaves more than this many bytes untaken is closed (4503 a
-    # POS session socket, 1013 a device socket; connector.relay, "Backpressure").
-    "MAX_SOCKET_BUFFER": env_int("CC_MAX_SOCKET_BUFFER", 4 * 1024 * 1024),
-    # Sockets one credential may hold open; past them a new one closes with 4429.
-    "MAX_LISTENERS_PER_CREDENTIAL": env_int("CC_MAX_LISTENERS_PER_CREDENTIAL", 20),  # per process
-    "MAX_SESSION_SOCKETS_PER_CREDENTIAL": env_int("CC_MAX_SESSION_SOCKETS_PER_CREDENTIAL", 256),  # in all
+    **{key: value for key, read in cc_environment.items() if (value := read(f"CC_{key}", None)) is not None},
 }
 
+# --- Operations: health, readiness, metrics, logs (docs/operations.md) -----------------------
+
+
+def metrics_addresses(values: list[str]) -> list[str]:
+    """METRICS_ALLOWED_ADDRESSES: addresses or networks (CIDR), comma separated."""
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"METRICS_ALLOWED_ADDRESSES: {value!r} is not an IP address or network (e.g. 10.0.0.0/8)"
+            ) from None
+    return values
+
+
+def env_seconds(name: str, default: float) -> float:
+    value = env_str(name)
+    try:
+        seconds = float(value) if value else default
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number of seconds, not {value!r}") from None
+    if not 0 < seconds <= 60:
+        raise ImproperlyConfigured(f"{name} must be more than 0 and at most 60 seconds, not {value!r}")
+    return seconds
+
+
+# /metrics answers these addresses only (REMOTE_ADDR: the TCP peer, or the client's address that
+# uvicorn took from a proxy in FORWARDED_ALLOW_IPS; a request that came through a proxy is refused
+# anyway), and, when METRICS_TOKEN is set, with `Authorization: Bearer <METRICS_TOKEN>`.
+METRICS_ALLOWED_ADDRESSES = metrics_addresses(env_list("METRICS_ALLOWED_ADDRESSES", ["127.0.0.0/8", "::1/128"]))
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+if (
+    not DEBUG
+    and not METRICS_TOKEN
+    and any(ipaddress.ip_network(value, strict=False).prefixlen == 0 for value in METRICS_ALLOWED_ADDRESSES)
+):
+    raise ImproperlyConfigured(
+        "METRICS_ALLOWED_ADDRESSES lets every address read /metrics: set METRICS_TOKEN as well, or name "
+        "the Prometheus servers' addresses (docs/operations.md)"
+    )
+# Each /readyz check (database, Redis, channel layer) gives up after this many seconds.
+READINESS_TIMEOUT = env_seconds("READINESS_TIMEOUT", 1.0)
+
+# JSON lines in production, text in development (portal/logs.py); never a secret either way.
+LOG_FORMAT = (env_str("LOG_FORMAT") or ("text" if DEBUG else "json")).strip().lower()
+if LOG_FORMAT not in {"json", "text"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or text, not {LOG_FORMAT!r}")
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").strip().upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    "filters": {
+        "context": {"()": "portal.logs.AddContext"},
+        "scrub_secrets": {"()": "portal.logs.ScrubSecrets"},
+        "quiet_probes": {"()": "portal.logs.QuietProbes"},
+    },
+    "formatters": {
+        "json": {"()": "portal.logs.JsonFormatter"},
+        "text": {"()": "portal.logs.TextFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context", "scrub_secrets"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # Django's own default handlers (a bare console line in DEBUG, mail to ADMINS otherwise)
+        # off: its records go to the root handler like every other's, once and in our format.
+        "django": {"handlers": [], "level": "INFO"},
+        "django.request": {"filters": ["quiet_probes"]},
+        "django.channels.server": {"level": "WARNING"},
+        # uvicorn's own lines (its errors and access log) in the same format as the rest: it
+        # configured its loggers before Django did, and these replace its handlers.
+        "uvicorn": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "uvicorn.access": {
+            "handlers": ["console"],
+            "level": LOG_LEVEL,
+            "propagate": False,
+            "filters": ["quiet_probes"],
+        },
+    },
 }

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.http import HttpRequest
+
+from connector.conf import connector_settings
 
 DEVICE_LISTENER_PATH = "/cloud-connector/v1/device-listener"
 SECRET_PLACEHOLDER = "<client secret shown when the POS was created>"
@@ -16,7 +17,7 @@ CRT_PLACEHOLDER = "<location of the pem file on the device>"
 
 def public_ws_base(request: HttpRequest) -> str:
     """ws(s)://host of this deployment, as terminals must reach it."""
-    configured = settings.CLOUD_CONNECTOR.get("PUBLIC_WS_URL", "")
+    configured = connector_settings.PUBLIC_WS_URL
     if configured:
         return configured.rstrip("/")
     scheme = "wss" if request.is_secure() else "ws"
@@ -66,6 +67,6 @@ def terminal_config(
         client_id=client_id,
         client_secret=client_secret,
         register_url=device_listener_url(request),
-        ssl_profile_name=settings.CLOUD_CONNECTOR.get("SSL_PROFILE", "INGETRUST"),
+        ssl_profile_name=connector_settings.SSL_PROFILE,
         ssl_profile_crt=ssl_profile_crt,
     )

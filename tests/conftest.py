@@ -1,12 +1,41 @@
+"""Fixtures for every test: fast hashers, the shared world (tests/world.py), the live server."""
+
 from __future__ import annotations
 
 import pytest
 from django.db import OperationalError
 from django.test import TransactionTestCase
 
+from tests.factories import FAST_HASHERS
 from tests.live import LiveServer, start_server
+from tests.world import World, build_world, cloud_connector_on
 
 FLUSH_ATTEMPTS = 5
+LIVE_FIXTURES = {"live", "live_server_process"}
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "cloud_connector_on: the world's home terminal may use Cloud Connector")
+
+
+@pytest.fixture(autouse=True)
+def fast_hashing(request) -> None:
+    """Users and credentials hash their secrets when made; a fast hasher keeps the suite
+    quick. Not for live-server tests: the server process keeps the real hashers, and could not
+    check a password hashed here with one it does not have."""
+    if request.node.get_closest_marker("live") or LIVE_FIXTURES & set(request.fixturenames):
+        return
+    request.getfixturevalue("settings").PASSWORD_HASHERS = FAST_HASHERS
+
+
+@pytest.fixture
+def world(request, db) -> World:
+    """The shared world; marked `cloud_connector_on`, with Cloud Connector on for its home
+    merchant (tests/world.py)."""
+    built = build_world()
+    if request.node.get_closest_marker("cloud_connector_on"):
+        cloud_connector_on(built)
+    return built
 
 
 def _deadlocked(error: BaseException | None) -> bool:
@@ -29,7 +58,7 @@ def flush_survives_the_live_servers_writes():
         for attempt in range(FLUSH_ATTEMPTS):
             try:
                 return original(self)
-            except Exception as error:  # noqa: BLE001 - only a deadlock is retried
+            except Exception as error:  # re-raised unless it is a deadlock
                 if attempt == FLUSH_ATTEMPTS - 1 or not _deadlocked(error):
                     raise
                 print(f"flush after {self} lost a deadlock against the live server; running it again")

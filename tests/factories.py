@@ -1,18 +1,43 @@
-"""Factories for the organisation tree, credentials and devices.
+"""Factories for the organisation tree, credentials, devices and access tokens.
 
 Credentials are made through the service functions, so that their OAuth2 application
-exists and their secret is known: `PosFactory()` returns a POS whose `.client_secret`
-attribute holds the secret in clear (it is not stored anywhere else).
+exists and their secret is known: `make_pos()` returns a POS whose `.client_secret`
+attribute holds the secret in clear (it is not stored anywhere else). The world the tests
+share, built from these, is in tests/world.py.
 """
 
 from __future__ import annotations
 
+import secrets
+from datetime import timedelta
+
 import factory
+from django.utils import timezone
+from oauth2_provider.models import AccessToken
 
 from accounts import services as account_services
-from accounts.models import POS, CloudApplication, Membership, Merchant, MerchantAggregator, Store, Tenant, User
+from accounts.credentials import SCOPE_CLOUD_CONNECTOR, SCOPE_PROVISIONING, token_checksum
+from accounts.models import (
+    POS,
+    Application,
+    CloudApplication,
+    Membership,
+    Merchant,
+    MerchantAggregator,
+    ProvisioningClient,
+    Store,
+    Tenant,
+    User,
+)
 from accounts.scope import SYSTEM
 from connector.models import Device
+
+PASSWORD = "correct horse battery staple"
+
+# People's passwords with MD5 (fast; never in production), client secrets with the project's
+# own hasher, which django-oauth-toolkit is configured to use. The root conftest puts these in
+# place for every test but those of a live server, whose process keeps the real hashers.
+FAST_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", "accounts.hashers.ClientSecretHasher"]
 
 
 class TenantFactory(factory.django.DjangoModelFactory):
@@ -92,6 +117,14 @@ def make_cloud_application(
     return app
 
 
+def make_provisioning_client(*, tenant: Tenant | None = None) -> ProvisioningClient:
+    """A tenant's provisioning client, with `.client_secret` in clear."""
+    issued = account_services.provisioning_client_create(tenant=tenant or TenantFactory(), actor=SYSTEM)
+    client = issued.obj
+    client.client_secret = issued.client_secret
+    return client
+
+
 def make_user(
     *,
     username: str,
@@ -99,7 +132,7 @@ def make_user(
     merchant: Merchant | None = None,
     role: str = Membership.Role.ADMIN,
     is_staff: bool = False,
-    password: str = "correct horse battery staple",
+    password: str = PASSWORD,
 ) -> User:
     return account_services.user_create(
         username=username,
@@ -112,38 +145,46 @@ def make_user(
     )
 
 
-def make_usable_device(*, store: Store | None = None, **kwargs) -> Device:
-    """A device that may use Cloud Connector now: tenant subscribed, MA, merchant and
-    device active, provisioned and enabled."""
+def switch_cloud_connector_on(merchant: Merchant) -> None:
+    """Subscribe the merchant's tenant and activate its aggregator and the merchant, which
+    activates every device beneath them now (a device made later needs its own activation)."""
     from connector import services as connector_services
     from connector.models import Subscription
 
-    device = DeviceFactory(store=store or StoreFactory(), **kwargs)
-    merchant = device.merchant
     ma = merchant.merchant_aggregator
     if not Subscription.objects.filter(tenant=ma.tenant).exists():
         connector_services.subscription_create(tenant=ma.tenant, actor=SYSTEM)
     connector_services.service_activate(obj=ma, actor=SYSTEM)
     connector_services.service_activate(obj=merchant, actor=SYSTEM)
+
+
+def make_usable_device(*, store: Store | None = None, **kwargs) -> Device:
+    """A device that may use Cloud Connector now: tenant subscribed, MA, merchant and
+    device active, provisioned and enabled."""
+    device = DeviceFactory(store=store or StoreFactory(), **kwargs)
+    switch_cloud_connector_on(device.merchant)
     device.refresh_from_db()
     return device
 
 
-def make_access_token(application, scope: str = "cloud-connector", expires_in: int = 3600) -> str:
-    """An access token for an OAuth2 application, stored as the token endpoint stores one
-    (looked up by checksum); returns the raw token."""
-    import secrets
-    from datetime import timedelta
-
-    from django.utils import timezone
-    from oauth2_provider.models import AccessToken
-
-    from accounts.credentials import token_checksum
-
+def make_access_token(
+    credential: POS | CloudApplication | ProvisioningClient | Application,
+    *,
+    scope: str | None = None,
+    expires_in: int = 3600,
+) -> str:
+    """An access token of a credential (or of its OAuth2 application), stored as the token
+    endpoint stores one: by checksum only. Returns the raw token. Without `scope`, it has the
+    scope the endpoint grants that kind of client: provisioning for a provisioning client,
+    cloud-connector for a POS or an application. A negative `expires_in` makes it expired."""
+    application = credential if isinstance(credential, Application) else credential.application
+    if scope is None:
+        provisioning = application.kind == Application.Kind.PROVISIONING
+        scope = SCOPE_PROVISIONING if provisioning else SCOPE_CLOUD_CONNECTOR
     raw = secrets.token_urlsafe(30)
     AccessToken.objects.create(
         application=application,
-        token=raw,
+        token="",
         token_checksum=token_checksum(raw),
         scope=scope,
         expires=timezone.now() + timedelta(seconds=expires_in),

@@ -27,6 +27,7 @@ DUMP = """
 import json, django
 django.setup()
 from django.conf import settings as s
+from connector.conf import connector_settings as cc
 print(json.dumps({
     "DEBUG": s.DEBUG,
     "ENGINE": s.DATABASES["default"]["ENGINE"],
@@ -40,8 +41,8 @@ print(json.dumps({
     "SECURE_HSTS_SECONDS": s.SECURE_HSTS_SECONDS,
     "SECURE_SSL_REDIRECT": s.SECURE_SSL_REDIRECT,
     "SECURE_PROXY_SSL_HEADER": s.SECURE_PROXY_SSL_HEADER,
-    "JWT_LIFETIME": s.CLOUD_CONNECTOR["JWT_LIFETIME"],
-    "JWT_KEYS": s.CLOUD_CONNECTOR["JWT_KEYS"],
+    "JWT_LIFETIME": cc.JWT_LIFETIME,
+    "JWT_KEYS": cc.JWT_KEYS,
     "EMAIL_BACKEND": s.EMAIL_BACKEND,
     "THROTTLE_RATES": s.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
     "MIDDLEWARE": s.MIDDLEWARE,
@@ -145,7 +146,7 @@ def test_database_url_switches_to_postgresql():
 
 def test_redis_url_switches_to_the_redis_channel_layer():
     settings = configured(REDIS_URL="redis://127.0.0.1:6379/3")
-    assert settings["LAYER"] == "connector.relay.RedisChannelLayer"  # channels_redis's, restart-proof
+    assert settings["LAYER"] == "connector.relay.redis_layer.RedisChannelLayer"  # channels_redis's, restart-proof
     # The read timeout outlasts channels_redis's 5 s blocking pop (redis-py 8 defaults to 5 s).
     assert settings["LAYER_HOSTS"] == [
         {"address": "redis://127.0.0.1:6379/3", "socket_timeout": 15, "max_connections": 2000}

@@ -14,7 +14,8 @@ from rest_framework import permissions
 from rest_framework.request import Request
 
 from accounts.credentials import SCOPE_PROVISIONING, BearerAuth
-from accounts.scope import NOBODY, Level, Principal, principal_for_user
+from accounts.permissions import Kind, Refusal, write_refusal
+from accounts.scope import NOBODY, Principal, principal_for_user
 
 _CACHE_ATTR = "_cloud_connector_principal"
 
@@ -39,16 +40,17 @@ def _resolve(request: Request | HttpRequest) -> Principal:
     return principal_for_user(user)
 
 
-def authority_refusal(principal: Principal, *, parent_level: Level) -> str | None:
-    """Why the principal may not create, change or delete an object whose parent stands at
-    `parent_level`, or None if it may. It may when that parent is the principal's own node or
-    lies beneath it: a merchant user manages its stores, POS and devices, but not its merchant,
-    which its merchant aggregator (or the tenant) manages."""
-    if not principal.can_write:
-        return "Your role is read-only; it may not change anything."
-    if principal.level > parent_level:
-        return "This object is managed above your level; you may not change it."
-    return None
+REFUSAL_MESSAGES = {
+    Refusal.READ_ONLY: "Your role is read-only; it may not change anything.",
+    Refusal.ABOVE_LEVEL: "This object is managed above your level; you may not change it.",
+}
+
+
+def authority_refusal(principal: Principal, *, kind: Kind) -> str | None:
+    """Why the principal may not create, change or delete an object of `kind`, or None if it
+    may: the write table of accounts.permissions, worded for an API client."""
+    refusal = write_refusal(principal, kind)
+    return None if refusal is None else REFUSAL_MESSAGES[refusal]
 
 
 class ProvisioningAccess(permissions.BasePermission):
@@ -56,8 +58,8 @@ class ProvisioningAccess(permissions.BasePermission):
     authority to write where the request writes.
 
     Creates are refused at once (403); writes on an object only once the object was found in
-    the caller's scope, so that outside the scope it stays a 404. The view names the level of
-    its objects' parent in `parent_level`."""
+    the caller's scope, so that outside the scope it stays a 404. The view names the kind of
+    object the action writes (`write_kind()`); the write table says who may."""
 
     message = "You are not allowed to do that."
 
@@ -77,7 +79,7 @@ class ProvisioningAccess(permissions.BasePermission):
         return self._may_write(request, view)
 
     def _may_write(self, request: Request, view) -> bool:
-        refusal = authority_refusal(principal_of(request), parent_level=view.write_level())
+        refusal = authority_refusal(principal_of(request), kind=view.write_kind())
         if refusal:
             self.message = refusal
             return False

@@ -1,9 +1,9 @@
 """The provisioning REST API: one thin viewset per resource of ../shared/contract/rest-api.md.
 
-Reads go through the scope selectors of accounts/scope.py with the caller's principal, so
-anything outside the scope answers 404. Writes hand validated data to the service functions,
-which check the rules and write the audit log; domain errors become HTTP answers in
-connector/api/errors.py.
+Reads go through the scope selectors (accounts/scope.py; devices and their sessions in
+connector/selectors.py) with the caller's principal, so anything outside the scope answers
+404. Writes hand validated data to the service functions, which check the rules and write
+the audit log; domain errors become HTTP answers in connector/api/errors.py.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from rest_framework.response import Response
 
 from accounts import scope
 from accounts import services as accounts
-from accounts.scope import NOBODY, Level, Principal
+from accounts.permissions import Kind, activation_kind
+from accounts.scope import NOBODY, Principal
+from connector import selectors
 from connector import services as connector
-from connector import sessions
 from connector.api import filters
 from connector.api import serializers as s
 from connector.api.parsers import StrictJSONParser
@@ -75,13 +76,13 @@ class ScopedViewSet(ThrottledBeforeAuthentication, viewsets.GenericViewSet):
     pagination_class = Pagination
     filter_backends = [DjangoFilterBackend]
     lookup_value_converter = "int"
-    # The level of the parent of this resource's objects: writes need the caller to stand
-    # there or above (see permissions.authority_refusal).
-    parent_level: Level = Level.TENANT
+    # What this resource's writes create, change or delete: the write table
+    # (accounts.permissions) says who may (see permissions.authority_refusal).
+    object_kind: Kind
 
-    def write_level(self) -> Level:
-        """The level a caller must stand at (or above) to write here."""
-        return self.parent_level
+    def write_kind(self) -> Kind:
+        """The kind of object the current action writes."""
+        return self.object_kind
 
     @classmethod
     def as_view(cls, actions=None, **initkwargs):
@@ -211,12 +212,12 @@ SERIAL_RATE_LIMITED = OpenApiResponse(
 class ActivationMixin:
     """POST/DELETE {level}/{id}/cloud-connector/: activate or deactivate Cloud Connector."""
 
-    activation_target: str  # the level's name in connector.services.ACTIVATION_AUTHORITY
+    activation_target: str  # the level's name in connector.services.activation_level
 
-    def write_level(self) -> Level:
+    def write_kind(self) -> Kind:
         if self.action in ("cloud_connector", "cloud_connector_deactivate"):
-            return connector.ACTIVATION_AUTHORITY[self.activation_target]
-        return super().write_level()
+            return activation_kind(self.activation_target)
+        return super().write_kind()
 
     @extend_schema(
         summary="Activate Cloud Connector",
@@ -271,7 +272,7 @@ class SubscriptionViewSet(ReadMixin, CreateDeleteMixin, ScopedViewSet):
     """Subscriptions of the tenant to Cloud Connector."""
 
     serializer_class = s.SubscriptionSerializer
-    parent_level = Level.TENANT
+    object_kind = Kind.SUBSCRIPTION
 
     def scoped(self, principal: Principal) -> QuerySet[Subscription]:
         tenants = scope.tenants_in_scope(principal=principal)
@@ -291,7 +292,7 @@ class SubscriptionViewSet(ReadMixin, CreateDeleteMixin, ScopedViewSet):
 class MerchantAggregatorViewSet(ReadMixin, RenameMixin, ActivationMixin, ScopedViewSet):
     activation_target = "merchant_aggregator"
     serializer_class = s.MerchantAggregatorSerializer
-    parent_level = Level.TENANT
+    object_kind = Kind.MERCHANT_AGGREGATOR
 
     def scoped(self, principal: Principal) -> QuerySet:
         queryset = scope.merchant_aggregators_in_scope(principal=principal).select_related("tenant")
@@ -310,7 +311,7 @@ class MerchantViewSet(ReadMixin, RenameMixin, ActivationMixin, ScopedViewSet):
     activation_target = "merchant"
     serializer_class = s.MerchantSerializer
     filterset_class = filters.MerchantFilter
-    parent_level = Level.MERCHANT_AGGREGATOR
+    object_kind = Kind.MERCHANT
 
     def scoped(self, principal: Principal) -> QuerySet:
         queryset = scope.merchants_in_scope(principal=principal)
@@ -330,7 +331,7 @@ class MerchantViewSet(ReadMixin, RenameMixin, ActivationMixin, ScopedViewSet):
 class StoreViewSet(ReadMixin, RenameMixin, ScopedViewSet):
     serializer_class = s.StoreSerializer
     filterset_class = filters.StoreFilter
-    parent_level = Level.MERCHANT
+    object_kind = Kind.STORE
 
     def scoped(self, principal: Principal) -> QuerySet:
         return scope.stores_in_scope(principal=principal).order_by("id")
@@ -350,7 +351,7 @@ class PosViewSet(ReadMixin, RenameMixin, RotateSecretMixin, ScopedViewSet):
 
     serializer_class = s.PosSerializer
     filterset_class = filters.PosFilter
-    parent_level = Level.STORE
+    object_kind = Kind.POS
 
     def scoped(self, principal: Principal) -> QuerySet:
         return scope.pos_in_scope(principal=principal).order_by("id")
@@ -370,7 +371,7 @@ class ApplicationViewSet(ReadMixin, WriteMixin, RotateSecretMixin, ScopedViewSet
 
     serializer_class = s.ApplicationSerializer
     filterset_class = filters.ApplicationFilter
-    parent_level = Level.MERCHANT_AGGREGATOR
+    object_kind = Kind.CLOUD_APPLICATION
 
     def scoped(self, principal: Principal) -> QuerySet:
         return scope.cloud_applications_in_scope(principal=principal).order_by("id")
@@ -403,10 +404,10 @@ class DeviceViewSet(ReadMixin, WriteMixin, ActivationMixin, ScopedViewSet):
 
     serializer_class = s.DeviceSerializer
     filterset_class = filters.DeviceFilter
-    parent_level = Level.MERCHANT
+    object_kind = Kind.DEVICE
 
     def scoped(self, principal: Principal) -> QuerySet:
-        queryset = connector.devices_with_activation(scope.devices_in_scope(principal=principal))
+        queryset = connector.devices_with_activation(selectors.devices_in_scope(principal=principal))
         return connector.with_online(queryset).order_by("id")
 
     def perform_create(self, data: dict):
@@ -447,11 +448,10 @@ class DeviceSessionViewSet(ReadMixin, mixins.DestroyModelMixin, ScopedViewSet):
     serializer_class = s.DeviceSessionSerializer
     filterset_class = filters.DeviceSessionFilter
     lookup_value_regex = r"[A-Za-z0-9_-]{1,64}"
-    # Ending a session is an operational act: anyone who may write and sees it may end it.
-    parent_level = Level.STORE
+    object_kind = Kind.DEVICE_SESSION
 
     def scoped(self, principal: Principal) -> QuerySet[DeviceSession]:
-        return sessions.listed(scope.device_sessions_in_scope(principal=principal)).order_by("-created_at", "id")
+        return selectors.listed(selectors.device_sessions_in_scope(principal=principal)).order_by("-created_at", "id")
 
     def perform_destroy(self, instance: DeviceSession) -> None:
         connector.device_session_end(session=instance, actor=self.principal)

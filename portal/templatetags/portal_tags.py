@@ -10,7 +10,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from accounts.scope import Level
+from accounts.permissions import Kind, may_write
+from accounts.scope import Level, Principal
 from portal.views.base import principal_of
 
 register = template.Library()
@@ -50,6 +51,12 @@ def portal_nav(context) -> list[NavItem]:
 @register.simple_tag(takes_context=True)
 def portal_principal(context):
     return principal_of(context["request"])
+
+
+@register.filter(name="may_write")
+def may_write_filter(principal: Principal, kind: str) -> bool:
+    """`{% if principal|may_write:"store" %}`: whether to offer a write, by the write table."""
+    return may_write(principal, Kind(kind))
 
 
 @register.filter

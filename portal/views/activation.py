@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
+from accounts.permissions import Kind, activation_kind, may_write
 from accounts.scope import Level, merchant_aggregators_in_scope, merchants_in_scope, stores_in_scope
 from connector import services as connector_services
 from portal.device_status import device_state, devices_for_portal
@@ -66,7 +66,8 @@ def cloud_connector(request: HttpRequest) -> HttpResponse:
             device_count=Count("merchants__devices", distinct=True)
         ),
         "merchants": _merchants(request).order_by("merchant_aggregator__name", "name"),
-        "can_switch": connector_services.may_switch(actor=principal, level="merchant"),
+        "can_switch_aggregators": may_write(principal, Kind.MERCHANT_AGGREGATOR_ACTIVATION),
+        "can_switch": may_write(principal, Kind.MERCHANT_ACTIVATION),
     }
     return render(request, "portal/cloud_connector.html", context)
 
@@ -75,9 +76,7 @@ def switch(request: HttpRequest, *, obj, action: str, noun: str) -> HttpResponse
     """Confirm (GET, with what it will touch) and then do (POST) an activation switch."""
     if action not in ACTIONS:
         raise Http404("Not found")
-    principal = require_write(request)
-    if not connector_services.may_switch(actor=principal, level=connector_services.activation_level(obj)):
-        raise PermissionDenied(ONLY_AGGREGATORS)
+    require_write(request, activation_kind(connector_services.activation_level(obj)), above_level=ONLY_AGGREGATORS)
     if request.method == "POST":
         return _switch_now(request, obj=obj, action=action, noun=noun)
     context = {

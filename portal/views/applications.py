@@ -9,6 +9,7 @@ from django.shortcuts import redirect, render
 
 from accounts import services as account_services
 from accounts.errors import Invalid
+from accounts.permissions import Kind
 from accounts.scope import Level, cloud_applications_in_scope, merchant_aggregators_in_scope
 from portal.forms import (
     GRANT_TYPE_LABELS,
@@ -36,7 +37,7 @@ def application_list(request: HttpRequest) -> HttpResponse:
 @portal_view
 def application_create(request: HttpRequest) -> HttpResponse:
     require_level(request, Level.MERCHANT_AGGREGATOR)
-    principal = require_write(request)
+    principal = require_write(request, Kind.CLOUD_APPLICATION)
     aggregators = merchant_aggregators_in_scope(principal=principal).order_by("name")
     form = ApplicationCreateForm(request.POST or None, parents=aggregators)
     if request.method == "POST" and form.is_valid():
@@ -58,7 +59,7 @@ def application_detail(request: HttpRequest, pk: int) -> HttpResponse:
     app = scoped_get(_applications(request), pk)
     form = ApplicationConfigForm(request.POST or None, app=app)
     if request.method == "POST":
-        principal = require_write(request)
+        principal = require_write(request, Kind.CLOUD_APPLICATION)
         if form.is_valid():
             try:
                 account_services.cloud_application_update(app=app, actor=principal, **form.cleaned_data)
@@ -80,7 +81,7 @@ def application_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @portal_view
 def application_rotate(request: HttpRequest, pk: int) -> HttpResponse:
     app = scoped_get(_applications(request), pk)
-    principal = require_write(request)
+    principal = require_write(request, Kind.CLOUD_APPLICATION)
     if request.method == "POST":
         issued = account_services.credential_rotate(obj=app, actor=principal)
         return credentials_shown(request, issued=issued, created=False)
@@ -90,7 +91,7 @@ def application_rotate(request: HttpRequest, pk: int) -> HttpResponse:
 @portal_view
 def application_delete(request: HttpRequest, pk: int) -> HttpResponse:
     app = scoped_get(_applications(request), pk)
-    principal = require_write(request)
+    principal = require_write(request, Kind.CLOUD_APPLICATION)
     if request.method == "POST":
         account_services.cloud_application_delete(app=app, actor=principal)
         messages.success(request, f"Application “{app.name}” deleted; its credential and tokens no longer work.")

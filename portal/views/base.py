@@ -15,9 +15,12 @@ from django.shortcuts import redirect
 from django.views.decorators.cache import never_cache
 
 from accounts.errors import NotAllowed, NotFound
+from accounts.permissions import Kind, Refusal, write_refusal
 from accounts.scope import Level, Principal, principal_for_user
 
 READ_ONLY_MESSAGE = "Your role is read-only: you can look, but not change anything."
+# What the services answer to the same refusal (accounts.services.require_authority).
+ABOVE_LEVEL_MESSAGE = "Your role may not change this."
 
 
 def principal_of(request: HttpRequest) -> Principal:
@@ -60,10 +63,15 @@ def portal_view(view: Callable) -> Callable:
     return wrapper
 
 
-def require_write(request: HttpRequest) -> Principal:
+def require_write(request: HttpRequest, kind: Kind, *, above_level: str = ABOVE_LEVEL_MESSAGE) -> Principal:
+    """The caller's principal, if the write table (accounts.permissions) lets it write
+    objects of `kind`; otherwise 403, with `above_level` when only its level is the reason."""
     principal = principal_of(request)
-    if not principal.can_write:
+    refusal = write_refusal(principal, kind)
+    if refusal is Refusal.READ_ONLY:
         raise PermissionDenied(READ_ONLY_MESSAGE)
+    if refusal is Refusal.ABOVE_LEVEL:
+        raise PermissionDenied(above_level)
     return principal
 
 

@@ -8,9 +8,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
 from accounts.errors import Conflict
-from accounts.scope import Level, cloud_applications_in_scope, device_sessions_in_scope, pos_in_scope, stores_in_scope
+from accounts.permissions import Kind
+from accounts.scope import Level, cloud_applications_in_scope, pos_in_scope, stores_in_scope
+from connector.selectors import LIVE, device_sessions_in_scope
 from connector.services import device_session_end
-from connector.sessions import LIVE
 from portal.device_status import device_state, devices_filtered, devices_for_portal
 from portal.forms import DeviceFilterForm, TerminalConfigForm
 from portal.terminal_config import terminal_config
@@ -103,7 +104,7 @@ def device_switch(request: HttpRequest, pk: int, action: str) -> HttpResponse:
 
 @portal_view
 def device_session_end_view(request: HttpRequest, pk: int) -> HttpResponse:
-    principal = require_write(request)
+    principal = require_write(request, Kind.DEVICE_SESSION)
     device = _device(request, pk)
     session = device_sessions_in_scope(principal=principal).filter(LIVE, device=device).first()
     if request.method == "POST":

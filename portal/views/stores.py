@@ -12,6 +12,7 @@ from django.utils.text import capfirst
 from accounts import services as account_services
 from accounts.errors import Conflict, Invalid
 from accounts.models import POS
+from accounts.permissions import Kind
 from accounts.scope import Level, merchants_in_scope, pos_in_scope, stores_in_scope
 from portal.device_status import device_state, devices_for_portal
 from portal.forms import NameForm, StoreCreateForm, apply_domain_error
@@ -38,7 +39,7 @@ def store_list(request: HttpRequest) -> HttpResponse:
 
 @portal_view
 def store_create(request: HttpRequest) -> HttpResponse:
-    principal = require_write(request)
+    principal = require_write(request, Kind.STORE)
     merchants = merchants_in_scope(principal=principal).order_by("name")
     form = StoreCreateForm(request.POST or None, parents=merchants)
     if request.method == "POST" and form.is_valid():
@@ -86,14 +87,14 @@ def _rename(request: HttpRequest, principal, obj, *, noun: str, detail: str) -> 
 
 @portal_view
 def store_rename(request: HttpRequest, pk: int) -> HttpResponse:
-    principal = require_write(request)
+    principal = require_write(request, Kind.STORE)
     store = scoped_get(stores_in_scope(principal=principal), pk)
     return _rename(request, principal, store, noun="store", detail="portal:store_detail")
 
 
 @portal_view
 def store_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    principal = require_write(request)
+    principal = require_write(request, Kind.STORE)
     store = scoped_get(_stores(request), pk)
     error = ""
     if request.method == "POST":
@@ -115,7 +116,7 @@ def store_delete(request: HttpRequest, pk: int) -> HttpResponse:
 
 @portal_view
 def pos_create(request: HttpRequest, store_pk: int) -> HttpResponse:
-    principal = require_write(request)
+    principal = require_write(request, Kind.POS)
     store = scoped_get(stores_in_scope(principal=principal), store_pk)
     form = NameForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -163,14 +164,14 @@ def pos_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @portal_view
 def pos_rename(request: HttpRequest, pk: int) -> HttpResponse:
-    principal = require_write(request)
+    principal = require_write(request, Kind.POS)
     pos = scoped_get(pos_in_scope(principal=principal), pk)
     return _rename(request, principal, pos, noun="POS", detail="portal:pos_detail")
 
 
 @portal_view
 def pos_rotate(request: HttpRequest, pk: int) -> HttpResponse:
-    principal = require_write(request)
+    principal = require_write(request, Kind.POS)
     pos = scoped_get(pos_in_scope(principal=principal), pk)
     if request.method == "POST":
         issued = account_services.credential_rotate(obj=pos, actor=principal)
@@ -180,7 +181,7 @@ def pos_rotate(request: HttpRequest, pk: int) -> HttpResponse:
 
 @portal_view
 def pos_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    principal = require_write(request)
+    principal = require_write(request, Kind.POS)
     pos = scoped_get(pos_in_scope(principal=principal), pk)
     if request.method == "POST":
         account_services.pos_delete(pos=pos, actor=principal)

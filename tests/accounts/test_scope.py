@@ -1,12 +1,12 @@
 """The scope matrix: what each kind of caller reaches through the selectors of accounts.scope.
 
-The world is built once: two tenants, each with two merchant aggregators, each with two
-merchants, each with two stores; every store has a POS, a device and a live session, every
-aggregator a Cloud API application, every tenant a provisioning client. Objects are named by
-their path, e.g. `t1.a2.m1.s2`. A caller stands on one node (`t1.a1.m1` for a user of that
-merchant) and reaches exactly the nodes above it and everything beneath it; Cloud API
-applications only from the aggregator level up. Every other object is out of scope, and must
-not be there at all.
+The tree is built once, a matrix rather than the shared world of tests/world.py: two tenants,
+each with two merchant aggregators, each with two merchants, each with two stores; every
+store has a POS, a device and a live session, every aggregator a Cloud API application,
+every tenant a provisioning client. Objects are named by their path, e.g. `t1.a2.m1.s2`. A
+caller stands on one node (`t1.a1.m1` for a user of that merchant) and reaches exactly the
+nodes above it and everything beneath it; Cloud API applications only from the aggregator
+level up. Every other object is out of scope, and must not be there at all.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from accounts import scope
 from accounts.models import Application, Membership
 from accounts.scope import SYSTEM, Level, Principal
 from accounts.services import provisioning_client_create
+from connector import selectors
 from connector.models import DeviceSession
 from tests.factories import (
+    FAST_HASHERS,
     DeviceFactory,
     MerchantAggregatorFactory,
     MerchantFactory,
@@ -34,7 +36,6 @@ from tests.factories import (
     make_pos,
     make_user,
 )
-from tests.hashing import FAST_HASHERS
 
 HOME_MA = "t1.a1"
 HOME_MERCHANT = "t1.a1.m1"
@@ -42,7 +43,7 @@ HOME_STORE = "t1.a1.m1.s1"
 
 
 @dataclass
-class World:
+class Tree:
     ids: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> path -> id
     objects: dict[str, object] = field(default_factory=dict)
     principals: dict[str, Principal] = field(default_factory=dict)
@@ -52,40 +53,40 @@ class World:
         self.objects[f"{kind}:{path}"] = obj
 
 
-def build_tree(world: World) -> None:
+def build_tree(tree: Tree) -> None:
     for t in ("t1", "t2"):
         tenant = TenantFactory(domain=f"scope-{t}")
-        world.add("tenants", t, tenant)
+        tree.add("tenants", t, tenant)
         for a in ("a1", "a2"):
             ma = MerchantAggregatorFactory(tenant=tenant, name=f"{t}.{a}")
-            world.add("merchant_aggregators", f"{t}.{a}", ma)
-            world.add("cloud_applications", f"{t}.{a}", make_cloud_application(merchant_aggregator=ma))
+            tree.add("merchant_aggregators", f"{t}.{a}", ma)
+            tree.add("cloud_applications", f"{t}.{a}", make_cloud_application(merchant_aggregator=ma))
             for m in ("m1", "m2"):
                 merchant = MerchantFactory(merchant_aggregator=ma, name=f"{t}.{a}.{m}")
-                world.add("merchants", f"{t}.{a}.{m}", merchant)
+                tree.add("merchants", f"{t}.{a}.{m}", merchant)
                 for s in ("s1", "s2"):
-                    build_store(world, merchant, f"{t}.{a}.{m}.{s}")
+                    build_store(tree, merchant, f"{t}.{a}.{m}.{s}")
 
 
-def build_store(world: World, merchant, path: str) -> None:
+def build_store(tree: Tree, merchant, path: str) -> None:
     store = StoreFactory(merchant=merchant, name=path)
-    world.add("stores", path, store)
-    world.add("pos", path, make_pos(store=store, name=path))
+    tree.add("stores", path, store)
+    tree.add("pos", path, make_pos(store=store, name=path))
     device = DeviceFactory(store=store)
-    world.add("devices", path, device)
+    tree.add("devices", path, device)
     session = DeviceSession.objects.create(
         id=f"session-{path}",
         device=device,
         state=DeviceSession.State.ONLINE,
         jwt_expires_at=timezone.now() + timedelta(minutes=5),
     )
-    world.add("device_sessions", path, session)
+    tree.add("device_sessions", path, session)
 
 
-def build_callers(world: World) -> None:
-    o = world.objects
+def build_callers(tree: Tree) -> None:
+    o = tree.objects
     ma, merchant = o[f"merchant_aggregators:{HOME_MA}"], o[f"merchants:{HOME_MERCHANT}"]
-    p = world.principals
+    p = tree.principals
     p["store POS"] = scope.principal_for_pos(o[f"pos:{HOME_STORE}"])
     p["MA application"] = scope.principal_for_cloud_application(o[f"cloud_applications:{HOME_MA}"])
     p["MA admin"] = scope.principal_for_user(make_user(username="ma-admin", merchant_aggregator=ma))
@@ -114,12 +115,12 @@ def build_callers(world: World) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(django_db_setup, django_db_blocker) -> World:
+def tree(django_db_setup, django_db_blocker) -> Tree:
     # Built once for the module in a transaction that is rolled back at its end; each test
     # runs in a savepoint inside it. The hasher only makes the ~30 credentials quick.
     fast = override_settings(PASSWORD_HASHERS=FAST_HASHERS)
     with django_db_blocker.unblock(), fast, transaction.atomic():
-        built = World()
+        built = Tree()
         build_tree(built)
         build_callers(built)
         yield built
@@ -148,8 +149,8 @@ SELECTORS = {
     "stores": scope.stores_in_scope,
     "pos": scope.pos_in_scope,
     "cloud_applications": scope.cloud_applications_in_scope,
-    "devices": scope.devices_in_scope,
-    "device_sessions": scope.device_sessions_in_scope,
+    "devices": selectors.devices_in_scope,
+    "device_sessions": selectors.device_sessions_in_scope,
 }
 
 
@@ -160,36 +161,36 @@ def related(node: str, path: str) -> bool:
     return path == node or path.startswith(f"{node}.") or node.startswith(f"{path}.")
 
 
-def expected_paths(world: World, caller: str, kind: str) -> set[str]:
+def expected_paths(tree: Tree, caller: str, kind: str) -> set[str]:
     node, reaches_applications = CALLERS[caller]
     if node is None or (kind == "cloud_applications" and not reaches_applications):
         return set()
-    return {path for path in world.ids[kind] if related(node, path)}
+    return {path for path in tree.ids[kind] if related(node, path)}
 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("kind", list(SELECTORS))
 @pytest.mark.parametrize("caller", list(CALLERS))
-def test_each_caller_reaches_exactly_its_part_of_the_tree(world, caller, kind):
-    principal = world.principals[caller]
+def test_each_caller_reaches_exactly_its_part_of_the_tree(tree, caller, kind):
+    principal = tree.principals[caller]
     reached = set(SELECTORS[kind](principal=principal).values_list("pk", flat=True))
-    paths = {path for path, pk in world.ids[kind].items() if pk in reached}
-    assert paths == expected_paths(world, caller, kind)
-    # Nothing else either: no object outside the world (none exist) and no duplicate rows.
+    paths = {path for path, pk in tree.ids[kind].items() if pk in reached}
+    assert paths == expected_paths(tree, caller, kind)
+    # Nothing else either: no object outside the tree (none exist) and no duplicate rows.
     assert len(reached) == SELECTORS[kind](principal=principal).count()
 
 
 @pytest.mark.django_db
-def test_the_expected_reach_is_what_the_scenario_says(world):
+def test_the_expected_reach_is_what_the_scenario_says(tree):
     """The table above, spelled out for the home store's POS and the merchant user."""
-    assert expected_paths(world, "store POS", "devices") == {HOME_STORE}
-    assert expected_paths(world, "store POS", "merchants") == {HOME_MERCHANT}
-    assert expected_paths(world, "store POS", "tenants") == {"t1"}
-    assert expected_paths(world, "merchant admin", "stores") == {"t1.a1.m1.s1", "t1.a1.m1.s2"}
-    assert expected_paths(world, "merchant admin", "merchant_aggregators") == {HOME_MA}
-    assert len(expected_paths(world, "MA admin", "devices")) == 4
-    assert len(expected_paths(world, "provisioning client", "devices")) == 8
-    assert len(expected_paths(world, "staff", "devices")) == 16
+    assert expected_paths(tree, "store POS", "devices") == {HOME_STORE}
+    assert expected_paths(tree, "store POS", "merchants") == {HOME_MERCHANT}
+    assert expected_paths(tree, "store POS", "tenants") == {"t1"}
+    assert expected_paths(tree, "merchant admin", "stores") == {"t1.a1.m1.s1", "t1.a1.m1.s2"}
+    assert expected_paths(tree, "merchant admin", "merchant_aggregators") == {HOME_MA}
+    assert len(expected_paths(tree, "MA admin", "devices")) == 4
+    assert len(expected_paths(tree, "provisioning client", "devices")) == 8
+    assert len(expected_paths(tree, "staff", "devices")) == 16
 
 
 OUTSIDERS = [
@@ -214,9 +215,9 @@ OUTSIDERS = [
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(("caller", "kind", "path"), OUTSIDERS)
-def test_an_object_outside_the_scope_is_not_found_by_id(world, caller, kind, path):
-    principal = world.principals[caller]
-    assert not SELECTORS[kind](principal=principal).filter(pk=world.ids[kind][path]).exists()
+def test_an_object_outside_the_scope_is_not_found_by_id(tree, caller, kind, path):
+    principal = tree.principals[caller]
+    assert not SELECTORS[kind](principal=principal).filter(pk=tree.ids[kind][path]).exists()
 
 
 @pytest.mark.django_db
@@ -236,23 +237,23 @@ def test_an_object_outside_the_scope_is_not_found_by_id(world, caller, kind, pat
         ("inactive staff", False, Level.NOTHING),
     ],
 )
-def test_each_caller_has_its_level_and_write_right(world, caller, can_write, level):
-    principal = world.principals[caller]
+def test_each_caller_has_its_level_and_write_right(tree, caller, can_write, level):
+    principal = tree.principals[caller]
     assert principal.level == level
     assert principal.can_write is can_write
 
 
 @pytest.mark.django_db
-def test_a_credential_has_the_same_principal_whatever_way_it_is_looked_up(world):
-    pos = world.objects[f"pos:{HOME_STORE}"]
-    app = world.objects[f"cloud_applications:{HOME_MA}"]
-    assert scope.principal_for_application(pos.application) == world.principals["store POS"]
-    assert scope.principal_for_application(app.application) == world.principals["MA application"]
-    assert world.principals["store POS"].label == f"pos:{pos.application.client_id}"
+def test_a_credential_has_the_same_principal_whatever_way_it_is_looked_up(tree):
+    pos = tree.objects[f"pos:{HOME_STORE}"]
+    app = tree.objects[f"cloud_applications:{HOME_MA}"]
+    assert scope.principal_for_application(pos.application) == tree.principals["store POS"]
+    assert scope.principal_for_application(app.application) == tree.principals["MA application"]
+    assert tree.principals["store POS"].label == f"pos:{pos.application.client_id}"
 
 
-def test_a_credential_read_as_one_row_has_the_principal_it_has_as_objects(world):
-    o = world.objects
+def test_a_credential_read_as_one_row_has_the_principal_it_has_as_objects(tree):
+    o = tree.objects
     pos, app = o[f"pos:{HOME_STORE}"], o[f"cloud_applications:{HOME_MA}"]
     client = provisioning_client_create(tenant=o["tenants:t1"], actor=SYSTEM).obj
     expected = {pos.application: True, app.application: True, client.application: False}

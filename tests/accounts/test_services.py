@@ -3,11 +3,8 @@ deletion rules, secrets at rest, roles and the audit log."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 from django.contrib.auth.hashers import check_password, identify_hasher
-from django.utils import timezone
 from oauth2_provider.models import AccessToken
 
 from accounts import services
@@ -34,26 +31,20 @@ from tests.factories import (
     MerchantFactory,
     StoreFactory,
     TenantFactory,
+    make_access_token,
     make_cloud_application,
     make_pos,
     make_user,
 )
-from tests.hashing import FAST_HASHERS
 
 pytestmark = pytest.mark.django_db
 
 TOO_LONG = "x" * 101
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # Every user and credential is hashed; PBKDF2 would cost a second each. The tests of
-    # secrets at rest put the production hasher back.
-    settings.PASSWORD_HASHERS = FAST_HASHERS
-
-
 @pytest.fixture
 def production_hashing(settings):
+    """The production hashers, in place of the fast ones of tests/conftest.py."""
     settings.PASSWORD_HASHERS = project_settings.PASSWORD_HASHERS
 
 
@@ -73,15 +64,6 @@ def viewer(store):
         username="watcher", merchant_aggregator=store.merchant.merchant_aggregator, role=Membership.Role.VIEWER
     )
     return principal_for_user(user)
-
-
-def a_token(application: Application) -> AccessToken:
-    return AccessToken.objects.create(
-        application=application,
-        token=f"token-{application.pk}-{AccessToken.objects.count()}",
-        expires=timezone.now() + timedelta(hours=1),
-        scope="cloud-connector",
-    )
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -242,12 +224,12 @@ def test_a_store_with_devices_cannot_be_deleted(staff, store):
 
 def test_deleting_a_store_deletes_its_pos_and_their_credentials(staff, store):
     pos = make_pos(store=store)
-    token = a_token(pos.application)
+    make_access_token(pos)
     services.store_delete(store=store, actor=staff)
     assert not Store.objects.filter(pk=store.pk).exists()
     assert not POS.objects.filter(pk=pos.pk).exists()
     assert not Application.objects.filter(pk=pos.application_id).exists()
-    assert not AccessToken.objects.filter(pk=token.pk).exists()
+    assert not AccessToken.objects.filter(application_id=pos.application_id).exists()
     actions = list(AuditEntry.objects.filter(actor="user:ops").order_by("id").values_list("action", flat=True))
     assert actions == ["pos.delete", "store.delete"]
 
@@ -296,23 +278,23 @@ def test_an_application_and_a_provisioning_client_secret_are_stored_hashed(staff
 
 def test_rotating_a_secret_replaces_it_and_revokes_the_tokens(staff, store):
     pos = make_pos(store=store)
-    token = a_token(pos.application)
+    make_access_token(pos)
     issued = services.credential_rotate(obj=pos, actor=staff)
     stored = Application.objects.get(pk=pos.application_id).client_secret
     assert issued.client_id == pos.application.client_id
     assert issued.client_secret != pos.client_secret
     assert check_password(issued.client_secret, stored)
     assert not check_password(pos.client_secret, stored)
-    assert not AccessToken.objects.filter(pk=token.pk).exists()
+    assert not AccessToken.objects.filter(application_id=pos.application_id).exists()
     assert AuditEntry.objects.filter(action="pos.rotate_secret", actor="user:ops").exists()
 
 
 def test_deleting_a_pos_deletes_its_credential_and_tokens(staff, store):
     pos = make_pos(store=store)
-    token = a_token(pos.application)
+    make_access_token(pos)
     services.pos_delete(pos=pos, actor=staff)
     assert not Application.objects.filter(pk=pos.application_id).exists()
-    assert not AccessToken.objects.filter(pk=token.pk).exists()
+    assert not AccessToken.objects.filter(application_id=pos.application_id).exists()
 
 
 def test_deleting_an_application_deletes_its_credential(staff):
@@ -324,17 +306,17 @@ def test_deleting_an_application_deletes_its_credential(staff):
 
 def test_an_application_losing_the_role_loses_its_tokens(staff):
     app = make_cloud_application(complete=True)
-    token = a_token(app.application)
+    make_access_token(app)
     services.cloud_application_update(app=app, roles=[], actor=staff)
     assert app.missing_for_cloud_connector() == ["the Point-of-sale Terminal role"]
-    assert not AccessToken.objects.filter(pk=token.pk).exists()
+    assert not AccessToken.objects.filter(application=app.application).exists()
 
 
 def test_renaming_an_application_keeps_its_tokens(staff):
     app = make_cloud_application(complete=True)
-    token = a_token(app.application)
+    make_access_token(app)
     services.cloud_application_update(app=app, name="Renamed", actor=staff)
-    assert AccessToken.objects.filter(pk=token.pk).exists()
+    assert AccessToken.objects.filter(application=app.application).exists()
 
 
 # --- roles -----------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import pytest
 from accounts.models import AuditEntry
 from connector.models import DeviceSession
 from connector.services import Unusable, device_unusable_reason
-from tests.api.conftest import API, World, make_session
+from tests.api.conftest import API, make_session
+from tests.world import World
 
 pytestmark = pytest.mark.django_db
 
@@ -21,21 +22,21 @@ def device_view(client, device) -> dict:
 
 
 def test_activating_an_ma_activates_the_devices_beneath_it_now(world: World, provisioning):
-    response = activate(provisioning, "merchant-aggregators", world.ma_a1.pk)
+    response = activate(provisioning, "merchant-aggregators", world.ma.pk)
     assert response.status_code == 201
     assert response.json() == {"cloud_connector_active": True, "devices_activated": 2}
-    assert provisioning.get(f"{API}/merchant-aggregators/{world.ma_a1.pk}/").json()["cloud_connector_active"] is True
-    assert device_view(provisioning, world.device_a1)["cloud_connector_active"] is True
-    assert device_view(provisioning, world.device_a2)["cloud_connector_active"] is True
-    assert device_view(provisioning, world.device_a3)["cloud_connector_active"] is False
+    assert provisioning.get(f"{API}/merchant-aggregators/{world.ma.pk}/").json()["cloud_connector_active"] is True
+    assert device_view(provisioning, world.device)["cloud_connector_active"] is True
+    assert device_view(provisioning, world.other_device)["cloud_connector_active"] is True
+    assert device_view(provisioning, world.sister_device)["cloud_connector_active"] is False
     entry = AuditEntry.objects.get(action="merchant_aggregator.cloud_connector.activate")
     assert entry.data == {"devices_activated": 2}
     assert entry.actor.startswith("provisioning:")
 
 
 def test_activating_twice_is_harmless(world: World, provisioning):
-    activate(provisioning, "merchants", world.merchant_a1.pk)
-    again = activate(provisioning, "merchants", world.merchant_a1.pk)
+    activate(provisioning, "merchants", world.merchant.pk)
+    again = activate(provisioning, "merchants", world.merchant.pk)
     assert again.status_code == 201
     assert again.json() == {"cloud_connector_active": True, "devices_activated": 0}
 
@@ -44,15 +45,15 @@ def test_a_device_created_after_its_merchant_was_activated_is_not_active_until_a
     world: World, provisioning
 ):
     assert provisioning.post(f"{API}/subscriptions/", {"service": "cloud-connector"}, format="json").status_code == 201
-    assert activate(provisioning, "merchant-aggregators", world.ma_a1.pk).status_code == 201
-    assert activate(provisioning, "merchants", world.merchant_a1.pk).status_code == 201
-    assert device_view(provisioning, world.device_a1)["cloud_connector_usable"] is True
+    assert activate(provisioning, "merchant-aggregators", world.ma.pk).status_code == 201
+    assert activate(provisioning, "merchants", world.merchant.pk).status_code == 201
+    assert device_view(provisioning, world.device)["cloud_connector_usable"] is True
 
     created = provisioning.post(
         f"{API}/devices/",
         {
-            "merchant": world.merchant_a1.pk,
-            "store": world.store_a1.pk,
+            "merchant": world.merchant.pk,
+            "store": world.store.pk,
             "make": "Ingenico",
             "model": "Lane3000",
             "serial": "LATE0001",
@@ -79,15 +80,15 @@ def test_a_device_created_after_its_merchant_was_activated_is_not_active_until_a
 
 def test_deactivating_the_ma_makes_its_devices_unusable_and_ends_their_sessions(world: World, provisioning):
     provisioning.post(f"{API}/subscriptions/", {"service": "cloud-connector"}, format="json")
-    activate(provisioning, "merchant-aggregators", world.ma_a1.pk)
-    activate(provisioning, "merchants", world.merchant_a1.pk)
-    assert device_unusable_reason(device=world.device_a1) is None
-    session = make_session(world.device_a1)
+    activate(provisioning, "merchant-aggregators", world.ma.pk)
+    activate(provisioning, "merchants", world.merchant.pk)
+    assert device_unusable_reason(device=world.device) is None
+    session = make_session(world.device)
 
-    response = provisioning.delete(f"{API}/merchant-aggregators/{world.ma_a1.pk}/cloud-connector/")
+    response = provisioning.delete(f"{API}/merchant-aggregators/{world.ma.pk}/cloud-connector/")
     assert response.status_code == 204
-    assert device_unusable_reason(device=world.device_a1) == Unusable.MERCHANT_AGGREGATOR
-    shown = device_view(provisioning, world.device_a1)
+    assert device_unusable_reason(device=world.device) == Unusable.MERCHANT_AGGREGATOR
+    shown = device_view(provisioning, world.device)
     assert shown["cloud_connector_active"] is True  # its own activation is kept...
     assert shown["cloud_connector_usable"] is False  # ...but the MA above is off
     assert shown["unusable_reason"] == "merchant_aggregator"
@@ -96,28 +97,28 @@ def test_deactivating_the_ma_makes_its_devices_unusable_and_ends_their_sessions(
     assert AuditEntry.objects.filter(action="merchant_aggregator.cloud_connector.deactivate").exists()
 
     # Reactivating the MA brings the device back: its own activation was never lost.
-    activate(provisioning, "merchant-aggregators", world.ma_a1.pk)
-    assert device_unusable_reason(device=world.device_a1) is None
+    activate(provisioning, "merchant-aggregators", world.ma.pk)
+    assert device_unusable_reason(device=world.device) is None
 
 
 def test_deactivating_a_device(world: World, merchant_admin):
-    assert activate(merchant_admin, "devices", world.device_a1.pk).status_code == 201
-    assert merchant_admin.delete(f"{API}/devices/{world.device_a1.pk}/cloud-connector/").status_code == 204
-    assert device_view(merchant_admin, world.device_a1)["cloud_connector_active"] is False
+    assert activate(merchant_admin, "devices", world.device.pk).status_code == 201
+    assert merchant_admin.delete(f"{API}/devices/{world.device.pk}/cloud-connector/").status_code == 204
+    assert device_view(merchant_admin, world.device)["cloud_connector_active"] is False
 
 
 def test_the_unusable_reason_of_the_api_agrees_with_the_service_in_every_state(world: World, provisioning):
-    device = world.device_a1
+    device = world.device
     steps = [
         lambda: None,
         lambda: provisioning.post(f"{API}/subscriptions/", {"service": "cloud-connector"}, format="json"),
-        lambda: activate(provisioning, "merchant-aggregators", world.ma_a1.pk),
-        lambda: activate(provisioning, "merchants", world.merchant_a1.pk),
+        lambda: activate(provisioning, "merchant-aggregators", world.ma.pk),
+        lambda: activate(provisioning, "merchants", world.merchant.pk),
         lambda: provisioning.patch(f"{API}/devices/{device.pk}/", {"enabled": False}, format="json"),
         lambda: provisioning.patch(f"{API}/devices/{device.pk}/", {"enabled": True}, format="json"),
         lambda: provisioning.delete(f"{API}/devices/{device.pk}/cloud-connector/"),
         lambda: activate(provisioning, "devices", device.pk),
-        lambda: provisioning.delete(f"{API}/merchants/{world.merchant_a1.pk}/cloud-connector/"),
+        lambda: provisioning.delete(f"{API}/merchants/{world.merchant.pk}/cloud-connector/"),
     ]
     seen = set()
     for step in steps:
@@ -132,18 +133,18 @@ def test_the_unusable_reason_of_the_api_agrees_with_the_service_in_every_state(w
 
 
 def test_disabling_a_device_ends_its_live_session(world: World, provisioning):
-    session = make_session(world.device_a1)
-    assert device_view(provisioning, world.device_a1)["online"] is True
-    provisioning.patch(f"{API}/devices/{world.device_a1.pk}/", {"enabled": False}, format="json")
+    session = make_session(world.device)
+    assert device_view(provisioning, world.device)["online"] is True
+    provisioning.patch(f"{API}/devices/{world.device.pk}/", {"enabled": False}, format="json")
     session.refresh_from_db()
     assert session.state == DeviceSession.State.ENDED
-    assert device_view(provisioning, world.device_a1)["online"] is False
+    assert device_view(provisioning, world.device)["online"] is False
 
 
 def test_an_aggregator_user_switches_cloud_connector_for_its_own_aggregator_and_merchants(world: World, ma_admin):
-    assert activate(ma_admin, "merchant-aggregators", world.ma_a1.pk).status_code == 201
-    assert activate(ma_admin, "merchants", world.merchant_a1.pk).status_code == 201
-    assert ma_admin.delete(f"{API}/merchant-aggregators/{world.ma_a1.pk}/cloud-connector/").status_code == 204
-    actions = set(AuditEntry.objects.filter(actor="user:ma-admin").values_list("action", flat=True))
+    assert activate(ma_admin, "merchant-aggregators", world.ma.pk).status_code == 201
+    assert activate(ma_admin, "merchants", world.merchant.pk).status_code == 201
+    assert ma_admin.delete(f"{API}/merchant-aggregators/{world.ma.pk}/cloud-connector/").status_code == 204
+    actions = set(AuditEntry.objects.filter(actor="user:agnes").values_list("action", flat=True))
     assert {"merchant_aggregator.cloud_connector.activate", "merchant.cloud_connector.activate"} <= actions
     assert "merchant_aggregator.cloud_connector.deactivate" in actions

@@ -7,11 +7,10 @@ from django.contrib.auth import get_user_model
 from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
 from rest_framework.test import APIClient
 
-from accounts import services as account_services
 from accounts.models import AuditEntry, Merchant
-from accounts.scope import SYSTEM
-from tests.api.conftest import API, World, bearer_client, issue_token, session_client
-from tests.factories import make_user
+from tests.api.conftest import API, bearer_client, session_client
+from tests.factories import make_access_token, make_user
+from tests.world import World
 
 pytestmark = pytest.mark.django_db
 
@@ -30,8 +29,7 @@ def test_it_refuses_an_unknown_token(world: World):
 
 
 def test_it_refuses_an_expired_token(world: World):
-    provisioning = account_services.provisioning_client_create(tenant=world.tenant_a, actor=SYSTEM)
-    token = issue_token(provisioning.obj.application, expires_in=-1)
+    token = make_access_token(world.provisioning, expires_in=-1)
     assert bearer_client(token).get(f"{API}/merchants/").status_code == 401
 
 
@@ -47,16 +45,16 @@ def test_it_refuses_a_pos_token_without_the_provisioning_scope(world: World, pos
     response = pos_token_client.get(f"{API}/devices/")
     assert response.status_code == 403
     assert "provisioning" in response.json()["detail"]
-    response = pos_token_client.post(f"{API}/stores/", {"merchant": world.merchant_a1.pk, "name": "x"}, format="json")
+    response = pos_token_client.post(f"{API}/stores/", {"merchant": world.merchant.pk, "name": "x"}, format="json")
     assert response.status_code == 403
-    assert not world.merchant_a1.stores.filter(name="x").exists()
+    assert not world.merchant.stores.filter(name="x").exists()
 
 
 def test_a_provisioning_token_acts_for_its_whole_tenant(world: World, provisioning):
     response = provisioning.get(f"{API}/merchants/")
     assert response.status_code == 200
     names = {m["name"] for m in response.json()["results"]}
-    assert names == {"Alpha merchant 1", "Alpha merchant 2", "Alpha merchant 3"}
+    assert names == {"Corner Shop", "Rival Shop", "Cash and Carry"}
 
 
 def test_a_token_in_a_query_string_is_not_accepted(world: World):
@@ -67,26 +65,26 @@ def test_a_token_in_a_query_string_is_not_accepted(world: World):
 def test_a_portal_session_works_on_the_same_endpoints(world: World, merchant_admin):
     response = merchant_admin.get(f"{API}/stores/")
     assert response.status_code == 200
-    assert {s["name"] for s in response.json()["results"]} == {"Store 1", "Store 1b"}
+    assert {s["name"] for s in response.json()["results"]} == {"High Street", "Mill Lane"}
 
 
 def test_a_session_post_without_the_csrf_token_is_refused(world: World):
-    user = make_user(username="csrf-user", merchant=world.merchant_a1)
+    user = make_user(username="csrf-user", merchant=world.merchant)
     client = session_client(user, enforce_csrf=True)
-    response = client.post(f"{API}/stores/", {"merchant": world.merchant_a1.pk, "name": "No CSRF"}, format="json")
+    response = client.post(f"{API}/stores/", {"merchant": world.merchant.pk, "name": "No CSRF"}, format="json")
     assert response.status_code == 403
     assert "CSRF" in response.json()["detail"]
-    assert not world.merchant_a1.stores.filter(name="No CSRF").exists()
+    assert not world.merchant.stores.filter(name="No CSRF").exists()
 
 
 def test_a_session_post_with_the_csrf_token_is_accepted(world: World):
-    user = make_user(username="csrf-user", merchant=world.merchant_a1)
+    user = make_user(username="csrf-user", merchant=world.merchant)
     client = session_client(user, enforce_csrf=True)
     secret = _get_new_csrf_string()
     client.cookies["csrftoken"] = secret
     response = client.post(
         f"{API}/stores/",
-        {"merchant": world.merchant_a1.pk, "name": "With CSRF"},
+        {"merchant": world.merchant.pk, "name": "With CSRF"},
         format="json",
         HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret),
     )
@@ -103,13 +101,13 @@ def test_a_user_without_a_membership_sees_nothing_and_changes_nothing(world: Wor
         response = client.get(f"{API}/{resource}/")
         assert response.status_code == 200
         assert response.json()["count"] == 0
-    response = client.post(f"{API}/merchants/", {"merchant_aggregator": world.ma_a1.pk, "name": "x"}, format="json")
+    response = client.post(f"{API}/merchants/", {"merchant_aggregator": world.ma.pk, "name": "x"}, format="json")
     assert response.status_code == 403
     assert not Merchant.objects.filter(name="x").exists()
 
 
 def test_an_inactive_user_is_not_authenticated(world: World):
-    user = make_user(username="gone", merchant=world.merchant_a1)
+    user = make_user(username="gone", merchant=world.merchant)
     client = session_client(user)
     user.is_active = False
     user.save()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.conftest import API, World, db_snapshot
+from tests.api.conftest import API, db_snapshot
+from tests.world import World
 
 pytestmark = pytest.mark.django_db
 
@@ -24,8 +25,8 @@ def assert_field_errors(response, field: str, *, contains: str = "") -> None:
 
 def device_body(world: World, **overrides) -> dict:
     return {
-        "merchant": world.merchant_a1.pk,
-        "store": world.store_a1.pk,
+        "merchant": world.merchant.pk,
+        "store": world.store.pk,
         "make": "Ingenico",
         "model": "Lane3000",
         "serial": "NEW0001",
@@ -70,7 +71,7 @@ def test_a_bad_parent_id_is_a_field_error(world: World, provisioning, value, mes
 )
 def test_a_bad_name_is_a_field_error(world: World, provisioning, value, message):
     response = provisioning.post(
-        f"{API}/merchants/", {"merchant_aggregator": world.ma_a1.pk, "name": value}, format="json"
+        f"{API}/merchants/", {"merchant_aggregator": world.ma.pk, "name": value}, format="json"
     )
     assert_field_errors(response, "name", contains=message)
 
@@ -100,15 +101,15 @@ def test_bad_device_fields_are_field_errors(world: World, provisioning, field, v
 
 def test_a_store_of_another_merchant_is_refused(world: World, provisioning):
     before = db_snapshot()
-    response = provisioning.post(f"{API}/devices/", device_body(world, store=world.store_a2.pk), format="json")
+    response = provisioning.post(f"{API}/devices/", device_body(world, store=world.other_store.pk), format="json")
     assert_field_errors(response, "store", contains="does not belong to the merchant")
-    moved = provisioning.patch(f"{API}/devices/{world.device_a1.pk}/", {"store": world.store_a2.pk}, format="json")
+    moved = provisioning.patch(f"{API}/devices/{world.device.pk}/", {"store": world.other_store.pk}, format="json")
     assert_field_errors(moved, "store", contains="does not belong to the merchant")
     assert db_snapshot() == before
 
 
 def test_a_duplicate_serial_is_refused_case_insensitively(world: World, provisioning):
-    existing = world.device_a1
+    existing = world.device
     response = provisioning.post(
         f"{API}/devices/",
         device_body(world, make=existing.make.upper(), model="Other", serial=existing.serial.lower()),
@@ -116,13 +117,13 @@ def test_a_duplicate_serial_is_refused_case_insensitively(world: World, provisio
     )
     assert_field_errors(response, "serial", contains="This serial number cannot be used.")
     other = provisioning.patch(
-        f"{API}/devices/{world.device_a2.pk}/", {"serial": existing.serial.swapcase()}, format="json"
+        f"{API}/devices/{world.other_device.pk}/", {"serial": existing.serial.swapcase()}, format="json"
     )
     assert_field_errors(other, "serial", contains="This serial number cannot be used.")
 
 
 def test_the_same_serial_in_another_tenant_is_fine(world: World, provisioning):
-    response = provisioning.post(f"{API}/devices/", device_body(world, serial=world.device_b.serial), format="json")
+    response = provisioning.post(f"{API}/devices/", device_body(world, serial=world.far_device.serial), format="json")
     assert response.status_code == 201
 
 
@@ -140,7 +141,7 @@ def test_the_same_serial_in_another_tenant_is_fine(world: World, provisioning):
 def test_unknown_application_values_are_field_errors(world: World, provisioning, field, value, message):
     response = provisioning.post(
         f"{API}/applications/",
-        {"merchant_aggregator": world.ma_a1.pk, "name": "App", field: value},
+        {"merchant_aggregator": world.ma.pk, "name": "App", field: value},
         format="json",
     )
     assert_field_errors(response, field, contains=message)
@@ -151,7 +152,7 @@ def test_an_unknown_service_cannot_be_subscribed(world: World, provisioning):
     assert_field_errors(response, "service", contains="not a valid choice")
 
 
-@pytest.mark.parametrize("tenant", [LONG, "UPPER", "-x", 7, ["alpha"], "nul\x00"])
+@pytest.mark.parametrize("tenant", [LONG, "UPPER", "-x", 7, ["acme"], "nul\x00"])
 def test_a_malformed_tenant_is_a_field_error(world: World, staff, tenant):
     response = staff.post(f"{API}/merchant-aggregators/", {"name": "MA", "tenant": tenant}, format="json")
     assert_field_errors(response, "tenant", contains="does not exist")
@@ -163,7 +164,7 @@ def test_a_body_that_is_not_json_is_refused(world: World, provisioning):
 
 
 def test_a_json_array_instead_of_an_object_is_refused(world: World, provisioning):
-    response = provisioning.post(f"{API}/stores/", [{"merchant": world.merchant_a1.pk, "name": "S"}], format="json")
+    response = provisioning.post(f"{API}/stores/", [{"merchant": world.merchant.pk, "name": "S"}], format="json")
     assert_field_errors(response, "non_field_errors", contains="Expected a dictionary")
 
 
@@ -175,7 +176,7 @@ def test_a_json_scalar_instead_of_an_object_is_refused(world: World, provisionin
 
 
 def test_a_form_encoded_body_is_refused_as_unsupported(world: World, provisioning):
-    response = provisioning.post(f"{API}/stores/", {"merchant": world.merchant_a1.pk, "name": "S"})
+    response = provisioning.post(f"{API}/stores/", {"merchant": world.merchant.pk, "name": "S"})
     assert response.status_code == 415
     assert "detail" in response.json()
 
@@ -196,7 +197,7 @@ def test_an_unknown_path_is_a_json_404(world: World, provisioning, path):
 
 
 def test_a_post_without_the_trailing_slash_is_a_404_not_a_crash(world: World, provisioning):
-    response = provisioning.post(f"{API}/stores", {"merchant": world.merchant_a1.pk, "name": "S"}, format="json")
+    response = provisioning.post(f"{API}/stores", {"merchant": world.merchant.pk, "name": "S"}, format="json")
     assert response.status_code == 404
     assert "slash" in response.json()["detail"]
 

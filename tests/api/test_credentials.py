@@ -6,9 +6,10 @@ import pytest
 from django.contrib.auth.hashers import check_password
 from oauth2_provider.models import AccessToken
 
-from accounts.credentials import SCOPE_CLOUD_CONNECTOR
 from accounts.models import Application, AuditEntry
-from tests.api.conftest import API, World, issue_token
+from tests.api.conftest import API
+from tests.factories import make_access_token
+from tests.world import World
 
 pytestmark = pytest.mark.django_db
 
@@ -20,8 +21,8 @@ def secret_matches(client_id: str, secret: str) -> bool:
 @pytest.mark.parametrize(
     ("resource", "body"),
     [
-        ("pos", lambda w: {"store": w.store_a1.pk, "name": "Till"}),
-        ("applications", lambda w: {"merchant_aggregator": w.ma_a1.pk, "name": "App"}),
+        ("pos", lambda w: {"store": w.store.pk, "name": "Till"}),
+        ("applications", lambda w: {"merchant_aggregator": w.ma.pk, "name": "App"}),
     ],
 )
 def test_the_secret_is_shown_on_create_and_never_again(world: World, provisioning, resource, body):
@@ -43,9 +44,9 @@ def test_the_secret_is_shown_on_create_and_never_again(world: World, provisionin
 
 @pytest.mark.parametrize("resource", ["pos", "applications"])
 def test_rotating_issues_a_new_secret_and_revokes_the_old_one_and_its_tokens(world: World, provisioning, resource):
-    credential = world.pos_a1 if resource == "pos" else world.app_a1
+    credential = world.pos if resource == "pos" else world.app
     old_secret = credential.client_secret
-    issue_token(credential.application, scope=SCOPE_CLOUD_CONNECTOR)
+    make_access_token(credential)
     assert AccessToken.objects.filter(application=credential.application).exists()
 
     response = provisioning.post(f"{API}/{resource}/{credential.pk}/rotate-secret/")
@@ -65,9 +66,9 @@ def test_rotating_issues_a_new_secret_and_revokes_the_old_one_and_its_tokens(wor
 
 
 def test_deleting_a_pos_revokes_its_credential_and_tokens(world: World, provisioning):
-    application = world.pos_a1.application
-    issue_token(application, scope=SCOPE_CLOUD_CONNECTOR)
-    assert provisioning.delete(f"{API}/pos/{world.pos_a1.pk}/").status_code == 204
+    application = world.pos.application
+    make_access_token(world.pos)
+    assert provisioning.delete(f"{API}/pos/{world.pos.pk}/").status_code == 204
     assert not Application.objects.filter(pk=application.pk).exists()
     assert not AccessToken.objects.filter(application_id=application.pk).exists()
 
@@ -76,13 +77,13 @@ def test_a_rotated_provisioning_token_no_longer_works_once_revoked(world: World,
     from accounts.services import credential_revoke_tokens
 
     assert provisioning.get(f"{API}/stores/").status_code == 200
-    credential_revoke_tokens(application=world.tenant_a.provisioning_clients.get().application)
+    credential_revoke_tokens(application=world.provisioning.application)
     assert provisioning.get(f"{API}/stores/").status_code == 401
 
 
 def test_an_application_that_loses_its_role_loses_its_tokens(world: World, provisioning):
-    issue_token(world.app_a1.application, scope=SCOPE_CLOUD_CONNECTOR)
-    response = provisioning.patch(f"{API}/applications/{world.app_a1.pk}/", {"roles": []}, format="json")
+    make_access_token(world.app)
+    response = provisioning.patch(f"{API}/applications/{world.app.pk}/", {"roles": []}, format="json")
     assert response.status_code == 200
     assert response.json()["cloud_connector_ready"] is False
-    assert not AccessToken.objects.filter(application=world.app_a1.application).exists()
+    assert not AccessToken.objects.filter(application=world.app.application).exists()

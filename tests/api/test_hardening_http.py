@@ -10,10 +10,10 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from accounts import services as account_services
-from accounts.scope import SYSTEM
 from connector.api.parsers import MAX_DEPTH, nesting_depth
-from tests.api.conftest import API, World, bearer_client, issue_token
+from tests.api.conftest import API, bearer_client
+from tests.factories import make_access_token, make_provisioning_client
+from tests.world import World
 
 _addresses = itertools.count(1)
 
@@ -64,21 +64,21 @@ def test_a_body_that_is_not_plain_json_is_a_400_not_a_500(world: World, provisio
 @pytest.mark.parametrize("method", ["PUT", "PATCH"])
 def test_changes_refuse_a_deeply_nested_body_too(world: World, provisioning, method):
     response = provisioning.generic(
-        method, f"{API}/stores/{world.store_a1.pk}/", b"[" * 100_000, content_type="application/json"
+        method, f"{API}/stores/{world.store.pk}/", b"[" * 100_000, content_type="application/json"
     )
     assert_parse_error(response, "nest deeper than")
 
 
 def test_brackets_inside_strings_do_not_count_as_nesting(world: World, provisioning):
     name = "[[[[{{{{" * 10 + '\\"]'
-    body = f'{{"merchant": {world.merchant_a1.pk}, "name": "{name}"}}'.encode()
+    body = f'{{"merchant": {world.merchant.pk}, "name": "{name}"}}'.encode()
     response = post_raw(provisioning, f"{API}/stores/", body)
     assert response.status_code == 201, response.content
     assert response.json()["name"] == name.replace('\\"', '"')
 
 
 def test_a_plain_body_with_escaped_pairs_and_accents_is_still_accepted(world: World, provisioning):
-    body = f'{{"merchant": {world.merchant_a1.pk}, "name": "Caf\\u00e9 \\ud83d\\ude00 Z\u00fcrich"}}'.encode()
+    body = f'{{"merchant": {world.merchant.pk}, "name": "Caf\\u00e9 \\ud83d\\ude00 Z\u00fcrich"}}'.encode()
     response = post_raw(provisioning, f"{API}/stores/", body)
     assert response.status_code == 201, response.content
     assert response.json()["name"] == "Café 😀 Zürich"
@@ -131,13 +131,13 @@ def test_a_forwarded_for_header_does_not_escape_the_address_limit(world: World, 
 
 
 def test_a_credential_over_its_limit_gets_429_from_any_address(world: World, provisioning, address):
-    other = account_services.provisioning_client_create(tenant=world.tenant_a, actor=SYSTEM)
+    other = make_provisioning_client(tenant=world.tenant)
     with rates(api_credential="2/min"):
         for n in range(2):
             assert provisioning.get(f"{API}/stores/", REMOTE_ADDR=f"{address}{n}").status_code == 200
         assert_throttled(provisioning.get(f"{API}/stores/", REMOTE_ADDR=address + "9"))
         # Another credential is not affected.
-        other_client = bearer_client(issue_token(other.obj.application))
+        other_client = bearer_client(make_access_token(other))
         assert other_client.get(f"{API}/stores/", REMOTE_ADDR=address).status_code == 200
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from accounts.models import POS, AuditEntry, CloudApplication, Merchant, MerchantAggregator, Store
 from connector.models import Device, Subscription
-from tests.api.conftest import API, World
+from tests.api.conftest import API
+from tests.world import World
 
 pytestmark = pytest.mark.django_db
 
@@ -17,7 +18,7 @@ def audited(action: str, object_id) -> AuditEntry:
 
 
 def provisioning_actor(world: World) -> str:
-    return f"provisioning:{world.tenant_a.provisioning_clients.get().application.client_id}"
+    return f"provisioning:{world.provisioning.application.client_id}"
 
 
 def test_subscriptions_can_be_created_listed_read_and_deleted(world: World, provisioning):
@@ -25,7 +26,7 @@ def test_subscriptions_can_be_created_listed_read_and_deleted(world: World, prov
     assert created.status_code == 201, created.json()
     body = created.json()
     assert body["service"] == "cloud-connector"
-    assert body["tenant"] == "alpha"
+    assert body["tenant"] == "acme"
     assert provisioning.get(f"{API}/subscriptions/").json()["count"] == 1
     assert provisioning.get(f"{API}/subscriptions/{body['id']}/").json()["service"] == "cloud-connector"
     assert audited("subscription.create", body["id"]).actor == provisioning_actor(world)
@@ -36,7 +37,7 @@ def test_subscriptions_can_be_created_listed_read_and_deleted(world: World, prov
 
     assert provisioning.delete(f"{API}/subscriptions/{body['id']}/").status_code == 204
     assert not Subscription.objects.filter(pk=body["id"]).exists()
-    assert audited("subscription.delete", body["id"]).tenant_id == world.tenant_a.pk
+    assert audited("subscription.delete", body["id"]).tenant_id == world.tenant.pk
 
 
 def test_subscriptions_cannot_be_changed(world: World, provisioning):
@@ -53,15 +54,15 @@ def test_merchant_aggregators_crud(world: World, provisioning):
     assert body == {
         "id": body["id"],
         "name": "New MA",
-        "tenant": "alpha",
+        "tenant": "acme",
         "cloud_connector_active": False,
         "created_at": body["created_at"],
     }
-    assert MerchantAggregator.objects.get(pk=body["id"]).tenant == world.tenant_a
+    assert MerchantAggregator.objects.get(pk=body["id"]).tenant == world.tenant
     assert audited("merchant_aggregator.create", body["id"]).actor == provisioning_actor(world)
 
     listed = provisioning.get(f"{API}/merchant-aggregators/").json()
-    assert {ma["name"] for ma in listed["results"]} == {"Alpha MA 1", "Alpha MA 2", "New MA"}
+    assert {ma["name"] for ma in listed["results"]} == {"Acme Aggregation", "Acme Wholesale", "New MA"}
 
     renamed = provisioning.patch(f"{API}/merchant-aggregators/{body['id']}/", {"name": "Renamed"}, format="json")
     assert renamed.status_code == 200
@@ -82,37 +83,37 @@ def test_staff_create_a_merchant_aggregator_for_a_named_tenant(world: World, sta
     missing = staff.post(f"{API}/merchant-aggregators/", {"name": "MA"}, format="json")
     assert missing.status_code == 400
     assert "tenant" in missing.json()
-    created = staff.post(f"{API}/merchant-aggregators/", {"name": "MA", "tenant": "beta"}, format="json")
+    created = staff.post(f"{API}/merchant-aggregators/", {"name": "MA", "tenant": "globex"}, format="json")
     assert created.status_code == 201
-    assert MerchantAggregator.objects.get(pk=created.json()["id"]).tenant == world.tenant_b
-    assert audited("merchant_aggregator.create", created.json()["id"]).actor == "user:operator"
+    assert MerchantAggregator.objects.get(pk=created.json()["id"]).tenant == world.far_tenant
+    assert audited("merchant_aggregator.create", created.json()["id"]).actor == "user:sam"
 
-    subscribed = staff.post(f"{API}/subscriptions/", {"service": "cloud-connector", "tenant": "beta"}, format="json")
+    subscribed = staff.post(f"{API}/subscriptions/", {"service": "cloud-connector", "tenant": "globex"}, format="json")
     assert subscribed.status_code == 201
-    assert subscribed.json()["tenant"] == "beta"
+    assert subscribed.json()["tenant"] == "globex"
 
 
 def test_the_tenant_of_a_merchant_aggregator_cannot_be_changed(world: World, staff):
-    response = staff.patch(f"{API}/merchant-aggregators/{world.ma_a1.pk}/", {"tenant": "beta"}, format="json")
+    response = staff.patch(f"{API}/merchant-aggregators/{world.ma.pk}/", {"tenant": "globex"}, format="json")
     assert response.status_code == 400
     assert response.json() == {"tenant": ["This field cannot be changed."]}
-    same = staff.patch(f"{API}/merchant-aggregators/{world.ma_a1.pk}/", {"tenant": "alpha"}, format="json")
+    same = staff.patch(f"{API}/merchant-aggregators/{world.ma.pk}/", {"tenant": "acme"}, format="json")
     assert same.status_code == 200
 
 
 def test_merchants_crud(world: World, ma_admin):
-    created = ma_admin.post(f"{API}/merchants/", {"merchant_aggregator": world.ma_a1.pk, "name": "Shop"}, format="json")
+    created = ma_admin.post(f"{API}/merchants/", {"merchant_aggregator": world.ma.pk, "name": "Shop"}, format="json")
     assert created.status_code == 201
     body = created.json()
-    assert body["merchant_aggregator"] == world.ma_a1.pk
+    assert body["merchant_aggregator"] == world.ma.pk
     assert body["cloud_connector_active"] is False
-    assert audited("merchant.create", body["id"]).actor == "user:ma-admin"
+    assert audited("merchant.create", body["id"]).actor == "user:agnes"
 
     assert ma_admin.get(f"{API}/merchants/{body['id']}/").json()["name"] == "Shop"
-    moved = ma_admin.patch(f"{API}/merchants/{body['id']}/", {"merchant_aggregator": world.ma_a2.pk}, format="json")
+    moved = ma_admin.patch(f"{API}/merchants/{body['id']}/", {"merchant_aggregator": world.sister_ma.pk}, format="json")
     assert moved.status_code == 400  # out of scope: not found as a choice
     renamed = ma_admin.put(
-        f"{API}/merchants/{body['id']}/", {"merchant_aggregator": world.ma_a1.pk, "name": "Shop 2"}, format="json"
+        f"{API}/merchants/{body['id']}/", {"merchant_aggregator": world.ma.pk, "name": "Shop 2"}, format="json"
     )
     assert renamed.status_code == 200
     assert Merchant.objects.get(pk=body["id"]).name == "Shop 2"
@@ -124,18 +125,18 @@ def test_merchants_crud(world: World, ma_admin):
 
 def test_the_parent_of_a_merchant_cannot_be_changed(world: World, provisioning):
     response = provisioning.patch(
-        f"{API}/merchants/{world.merchant_a1.pk}/", {"merchant_aggregator": world.ma_a2.pk}, format="json"
+        f"{API}/merchants/{world.merchant.pk}/", {"merchant_aggregator": world.sister_ma.pk}, format="json"
     )
     assert response.status_code == 400
     assert response.json() == {"merchant_aggregator": ["This field cannot be changed."]}
 
 
 def test_stores_crud(world: World, merchant_admin):
-    created = merchant_admin.post(f"{API}/stores/", {"merchant": world.merchant_a1.pk, "name": "Depot"}, format="json")
+    created = merchant_admin.post(f"{API}/stores/", {"merchant": world.merchant.pk, "name": "Depot"}, format="json")
     assert created.status_code == 201
     store_id = created.json()["id"]
-    assert created.json()["merchant"] == world.merchant_a1.pk
-    assert audited("store.create", store_id).actor == "user:merchant-admin"
+    assert created.json()["merchant"] == world.merchant.pk
+    assert audited("store.create", store_id).actor == "user:alice"
     renamed = merchant_admin.patch(f"{API}/stores/{store_id}/", {"name": "Depot 2"}, format="json")
     assert renamed.json()["name"] == "Depot 2"
     assert merchant_admin.delete(f"{API}/stores/{store_id}/").status_code == 204
@@ -144,30 +145,30 @@ def test_stores_crud(world: World, merchant_admin):
 
 
 def test_a_store_with_devices_cannot_be_deleted(world: World, provisioning):
-    response = provisioning.delete(f"{API}/stores/{world.store_a1.pk}/")
+    response = provisioning.delete(f"{API}/stores/{world.store.pk}/")
     assert response.status_code == 409
     assert "devices" in response.json()["detail"]
-    assert Store.objects.filter(pk=world.store_a1.pk).exists()
+    assert Store.objects.filter(pk=world.store.pk).exists()
 
 
 def test_a_merchant_with_devices_cannot_be_deleted(world: World, provisioning):
-    assert provisioning.delete(f"{API}/merchants/{world.merchant_a1.pk}/").status_code == 409
-    assert provisioning.delete(f"{API}/merchant-aggregators/{world.ma_a1.pk}/").status_code == 409
-    assert Merchant.objects.filter(pk=world.merchant_a1.pk).exists()
-    assert MerchantAggregator.objects.filter(pk=world.ma_a1.pk).exists()
+    assert provisioning.delete(f"{API}/merchants/{world.merchant.pk}/").status_code == 409
+    assert provisioning.delete(f"{API}/merchant-aggregators/{world.ma.pk}/").status_code == 409
+    assert Merchant.objects.filter(pk=world.merchant.pk).exists()
+    assert MerchantAggregator.objects.filter(pk=world.ma.pk).exists()
 
 
 def test_pos_crud(world: World, merchant_admin):
-    created = merchant_admin.post(f"{API}/pos/", {"store": world.store_a1.pk, "name": "Till 9"}, format="json")
+    created = merchant_admin.post(f"{API}/pos/", {"store": world.store.pk, "name": "Till 9"}, format="json")
     assert created.status_code == 201
     body = created.json()
-    assert body["store"] == world.store_a1.pk
+    assert body["store"] == world.store.pk
     assert body["client_id"] and body["client_secret"]
     assert audited("pos.create", body["id"]).data == {"client_id": body["client_id"]}
     renamed = merchant_admin.patch(f"{API}/pos/{body['id']}/", {"name": "Till 10"}, format="json")
     assert renamed.json()["name"] == "Till 10"
     assert renamed.json()["client_secret"] is None
-    moved = merchant_admin.patch(f"{API}/pos/{body['id']}/", {"store": world.store_a1b.pk}, format="json")
+    moved = merchant_admin.patch(f"{API}/pos/{body['id']}/", {"store": world.sibling_store.pk}, format="json")
     assert moved.json() == {"store": ["This field cannot be changed."]}
     assert merchant_admin.delete(f"{API}/pos/{body['id']}/").status_code == 204
     assert not POS.objects.filter(pk=body["id"]).exists()
@@ -178,7 +179,7 @@ def test_applications_crud(world: World, ma_admin):
     created = ma_admin.post(
         f"{API}/applications/",
         {
-            "merchant_aggregator": world.ma_a1.pk,
+            "merchant_aggregator": world.ma.pk,
             "name": "Integrator",
             "services": ["retail-api"],
             "grant_types": ["client_credentials"],
@@ -203,7 +204,7 @@ def test_applications_crud(world: World, ma_admin):
 
     renamed = ma_admin.patch(f"{API}/applications/{body['id']}/", {"name": "Integrator 2"}, format="json")
     assert renamed.json()["name"] == "Integrator 2"
-    assert ma_admin.get(f"{API}/applications/", {"merchant_aggregator": world.ma_a1.pk}).json()["count"] == 2
+    assert ma_admin.get(f"{API}/applications/", {"merchant_aggregator": world.ma.pk}).json()["count"] == 2
 
     assert ma_admin.delete(f"{API}/applications/{body['id']}/").status_code == 204
     assert not CloudApplication.objects.filter(pk=body["id"]).exists()
@@ -214,8 +215,8 @@ def test_devices_crud(world: World, merchant_admin):
     created = merchant_admin.post(
         f"{API}/devices/",
         {
-            "merchant": world.merchant_a1.pk,
-            "store": world.store_a1b.pk,
+            "merchant": world.merchant.pk,
+            "store": world.sibling_store.pk,
             "make": "Ingenico",
             "model": "Move5000",
             "serial": "230000777",
@@ -230,7 +231,7 @@ def test_devices_crud(world: World, merchant_admin):
     assert body["online"] is False
     assert body["cloud_connector_usable"] is False
     assert body["unusable_reason"] == "subscription"
-    assert audited("device.create", body["id"]).actor == "user:merchant-admin"
+    assert audited("device.create", body["id"]).actor == "user:alice"
 
     disabled = merchant_admin.patch(f"{API}/devices/{body['id']}/", {"enabled": False}, format="json")
     assert disabled.status_code == 200
@@ -238,14 +239,14 @@ def test_devices_crud(world: World, merchant_admin):
     assert disabled.json()["unusable_reason"] == "disabled"
     assert audited("device.update", body["id"]).data == {"enabled": False}
 
-    moved = merchant_admin.patch(f"{API}/devices/{body['id']}/", {"store": world.store_a1.pk}, format="json")
-    assert moved.json()["store"] == world.store_a1.pk
+    moved = merchant_admin.patch(f"{API}/devices/{body['id']}/", {"store": world.store.pk}, format="json")
+    assert moved.json()["store"] == world.store.pk
 
     replaced = merchant_admin.put(
         f"{API}/devices/{body['id']}/",
         {
-            "merchant": world.merchant_a1.pk,
-            "store": world.store_a1.pk,
+            "merchant": world.merchant.pk,
+            "store": world.store.pk,
             "make": "Ingenico",
             "model": "Lane3000",
             "serial": "230000778",
@@ -263,7 +264,7 @@ def test_devices_crud(world: World, merchant_admin):
 
 def test_the_merchant_of_a_device_cannot_be_changed(world: World, provisioning):
     response = provisioning.patch(
-        f"{API}/devices/{world.device_a1.pk}/", {"merchant": world.merchant_a2.pk}, format="json"
+        f"{API}/devices/{world.device.pk}/", {"merchant": world.other_merchant.pk}, format="json"
     )
     assert response.status_code == 400
     assert response.json() == {"merchant": ["This field cannot be changed."]}
@@ -271,9 +272,9 @@ def test_the_merchant_of_a_device_cannot_be_changed(world: World, provisioning):
 
 def test_an_empty_patch_changes_nothing_and_writes_no_audit_entry(world: World, provisioning):
     count = AuditEntry.objects.count()
-    response = provisioning.patch(f"{API}/stores/{world.store_a1.pk}/", {}, format="json")
+    response = provisioning.patch(f"{API}/stores/{world.store.pk}/", {}, format="json")
     assert response.status_code == 200
-    assert response.json()["name"] == "Store 1"
+    assert response.json()["name"] == "High Street"
     assert AuditEntry.objects.count() == count
 
 

@@ -12,7 +12,8 @@ from rest_framework.test import APIClient
 
 from accounts.scope import SYSTEM
 from connector import services as connector_services
-from tests.api.conftest import API, World, db_snapshot, make_session
+from tests.api.conftest import API, db_snapshot, make_session
+from tests.world import World
 
 pytestmark = pytest.mark.django_db
 
@@ -22,36 +23,36 @@ ROTATABLE = {"pos", "applications"}
 
 def outside_objects(world: World, caller: str) -> list[tuple[str, int | str]]:
     """(resource, id) of objects outside the caller's scope."""
-    tenant_b = [
-        ("merchant-aggregators", world.ma_b.pk),
-        ("merchants", world.merchant_b.pk),
-        ("stores", world.store_b.pk),
-        ("pos", world.pos_b.pk),
-        ("applications", world.app_b.pk),
-        ("devices", world.device_b.pk),
+    far_tenant = [
+        ("merchant-aggregators", world.far_ma.pk),
+        ("merchants", world.far_merchant.pk),
+        ("stores", world.far_store.pk),
+        ("pos", world.far_pos.pk),
+        ("applications", world.far_app.pk),
+        ("devices", world.far_device.pk),
     ]
-    other_ma = [
-        ("merchant-aggregators", world.ma_a2.pk),
-        ("merchants", world.merchant_a3.pk),
-        ("stores", world.store_a3.pk),
-        ("pos", world.pos_a3.pk),
-        ("applications", world.app_a2.pk),
-        ("devices", world.device_a3.pk),
+    sister_ma = [
+        ("merchant-aggregators", world.sister_ma.pk),
+        ("merchants", world.sister_merchant.pk),
+        ("stores", world.sister_store.pk),
+        ("pos", world.sister_pos.pk),
+        ("applications", world.sister_app.pk),
+        ("devices", world.sister_device.pk),
     ]
     other_merchant = [
-        ("merchants", world.merchant_a2.pk),
-        ("stores", world.store_a2.pk),
-        ("pos", world.pos_a2.pk),
-        ("devices", world.device_a2.pk),
+        ("merchants", world.other_merchant.pk),
+        ("stores", world.other_store.pk),
+        ("pos", world.other_pos.pk),
+        ("devices", world.other_device.pk),
         # A merchant user never sees the applications of its MA.
-        ("applications", world.app_a1.pk),
+        ("applications", world.app.pk),
     ]
     return {
-        "provisioning": tenant_b,
-        "ma_admin": tenant_b + other_ma,
-        "ma_viewer": tenant_b + other_ma,
-        "merchant_admin": tenant_b + other_ma + other_merchant,
-        "merchant_viewer": tenant_b + other_ma + other_merchant,
+        "provisioning": far_tenant,
+        "ma_admin": far_tenant + sister_ma,
+        "ma_viewer": far_tenant + sister_ma,
+        "merchant_admin": far_tenant + sister_ma + other_merchant,
+        "merchant_viewer": far_tenant + sister_ma + other_merchant,
     }[caller]
 
 
@@ -63,13 +64,13 @@ def replace_body(resource: str, world: World) -> dict:
     """A full, otherwise valid representation for PUT."""
     return {
         "merchant-aggregators": {"name": "Taken over"},
-        "merchants": {"merchant_aggregator": world.ma_a1.pk, "name": "Taken over"},
-        "stores": {"merchant": world.merchant_a1.pk, "name": "Taken over"},
-        "pos": {"store": world.store_a1.pk, "name": "Taken over"},
-        "applications": {"merchant_aggregator": world.ma_a1.pk, "name": "Taken over"},
+        "merchants": {"merchant_aggregator": world.ma.pk, "name": "Taken over"},
+        "stores": {"merchant": world.merchant.pk, "name": "Taken over"},
+        "pos": {"store": world.store.pk, "name": "Taken over"},
+        "applications": {"merchant_aggregator": world.ma.pk, "name": "Taken over"},
         "devices": {
-            "merchant": world.merchant_a1.pk,
-            "store": world.store_a1.pk,
+            "merchant": world.merchant.pk,
+            "store": world.store.pk,
             "make": "X",
             "model": "Y",
             "serial": "Z",
@@ -120,16 +121,16 @@ def test_an_object_outside_the_scope_answers_exactly_like_one_that_does_not_exis
 
 
 def test_sessions_and_subscriptions_outside_the_scope_answer_404(world: World, callers):
-    connector_services.subscription_create(tenant=world.tenant_b, actor=SYSTEM)
-    subscription_b = world.tenant_b.subscriptions.get()
-    session_b = make_session(world.device_b)
-    session_a2 = make_session(world.device_a2)
+    connector_services.subscription_create(tenant=world.far_tenant, actor=SYSTEM)
+    far_subscription = world.far_tenant.subscriptions.get()
+    far_session = make_session(world.far_device)
+    other_merchants_session = make_session(world.other_device)
     before = db_snapshot()
     cases = {
-        "provisioning": [("sessions", session_b.pk), ("subscriptions", subscription_b.pk)],
-        "ma_admin": [("sessions", session_b.pk), ("subscriptions", subscription_b.pk)],
-        "merchant_admin": [("sessions", session_b.pk), ("sessions", session_a2.pk)],
-        "merchant_viewer": [("sessions", session_a2.pk)],
+        "provisioning": [("sessions", far_session.pk), ("subscriptions", far_subscription.pk)],
+        "ma_admin": [("sessions", far_session.pk), ("subscriptions", far_subscription.pk)],
+        "merchant_admin": [("sessions", far_session.pk), ("sessions", other_merchants_session.pk)],
+        "merchant_viewer": [("sessions", other_merchants_session.pk)],
     }
     for caller, objects in cases.items():
         for resource, pk in objects:
@@ -150,7 +151,7 @@ def test_an_id_outside_the_scope_in_a_body_is_the_same_400_as_an_unknown_id(worl
     client = callers[caller]
     before = db_snapshot()
     outside = dict(outside_objects(world, caller))
-    own = {"merchant_aggregator": world.ma_a1.pk, "merchant": world.merchant_a1.pk, "store": world.store_a1.pk}
+    own = {"merchant_aggregator": world.ma.pk, "merchant": world.merchant.pk, "store": world.store.pk}
     bodies = [
         ("merchants", "merchant_aggregator", {"name": "M"}),
         ("stores", "merchant", {"name": "S"}),
@@ -176,42 +177,42 @@ def test_an_id_outside_the_scope_in_a_body_is_the_same_400_as_an_unknown_id(worl
 def test_a_tenant_outside_the_scope_in_a_body_is_the_same_400_as_an_unknown_tenant(world: World, provisioning):
     before = db_snapshot()
     for resource, body in (("merchant-aggregators", {"name": "MA"}), ("subscriptions", {"service": "cloud-connector"})):
-        beta = provisioning.post(f"{API}/{resource}/", {**body, "tenant": "beta"}, format="json")
+        globex = provisioning.post(f"{API}/{resource}/", {**body, "tenant": "globex"}, format="json")
         unknown = provisioning.post(f"{API}/{resource}/", {**body, "tenant": "gamma"}, format="json")
-        assert beta.status_code == unknown.status_code == 400
-        assert beta.json()["tenant"] == [m.replace("gamma", "beta") for m in unknown.json()["tenant"]]
+        assert globex.status_code == unknown.status_code == 400
+        assert globex.json()["tenant"] == [m.replace("gamma", "globex") for m in unknown.json()["tenant"]]
     assert db_snapshot() == before
 
 
 def test_a_device_cannot_be_moved_into_a_store_outside_the_scope(world: World, merchant_admin):
     before = db_snapshot()
-    for store in (world.store_a2, world.store_b):
-        response = merchant_admin.patch(f"{API}/devices/{world.device_a1.pk}/", {"store": store.pk}, format="json")
+    for store in (world.other_store, world.far_store):
+        response = merchant_admin.patch(f"{API}/devices/{world.device.pk}/", {"store": store.pk}, format="json")
         assert response.status_code == 400
         assert "does not exist" in response.json()["store"][0]
     assert db_snapshot() == before
 
 
 VIEWER_WRITES = [
-    ("post", "/merchants/", lambda w: {"merchant_aggregator": w.ma_a1.pk, "name": "New"}),
-    ("post", "/stores/", lambda w: {"merchant": w.merchant_a1.pk, "name": "New"}),
-    ("post", "/pos/", lambda w: {"store": w.store_a1.pk, "name": "New"}),
-    ("post", "/applications/", lambda w: {"merchant_aggregator": w.ma_a1.pk, "name": "New"}),
+    ("post", "/merchants/", lambda w: {"merchant_aggregator": w.ma.pk, "name": "New"}),
+    ("post", "/stores/", lambda w: {"merchant": w.merchant.pk, "name": "New"}),
+    ("post", "/pos/", lambda w: {"store": w.store.pk, "name": "New"}),
+    ("post", "/applications/", lambda w: {"merchant_aggregator": w.ma.pk, "name": "New"}),
     (
         "post",
         "/devices/",
-        lambda w: {"merchant": w.merchant_a1.pk, "store": w.store_a1.pk, "make": "I", "model": "L", "serial": "9"},
+        lambda w: {"merchant": w.merchant.pk, "store": w.store.pk, "make": "I", "model": "L", "serial": "9"},
     ),
-    ("patch", "/stores/{store_a1}/", lambda w: {"name": "Renamed"}),
-    ("put", "/stores/{store_a1}/", lambda w: {"merchant": w.merchant_a1.pk, "name": "Renamed"}),
-    ("delete", "/stores/{store_a1b}/", None),
-    ("patch", "/pos/{pos_a1}/", lambda w: {"name": "Renamed"}),
-    ("post", "/pos/{pos_a1}/rotate-secret/", None),
-    ("delete", "/pos/{pos_a1}/", None),
-    ("patch", "/devices/{device_a1}/", lambda w: {"enabled": False}),
-    ("delete", "/devices/{device_a1}/", None),
-    ("post", "/devices/{device_a1}/cloud-connector/", None),
-    ("delete", "/devices/{device_a1}/cloud-connector/", None),
+    ("patch", "/stores/{store}/", lambda w: {"name": "Renamed"}),
+    ("put", "/stores/{store}/", lambda w: {"merchant": w.merchant.pk, "name": "Renamed"}),
+    ("delete", "/stores/{sibling_store}/", None),
+    ("patch", "/pos/{pos}/", lambda w: {"name": "Renamed"}),
+    ("post", "/pos/{pos}/rotate-secret/", None),
+    ("delete", "/pos/{pos}/", None),
+    ("patch", "/devices/{device}/", lambda w: {"enabled": False}),
+    ("delete", "/devices/{device}/", None),
+    ("post", "/devices/{device}/cloud-connector/", None),
+    ("delete", "/devices/{device}/cloud-connector/", None),
     ("delete", "/sessions/{session}/", None),
 ]
 
@@ -219,15 +220,15 @@ VIEWER_WRITES = [
 @pytest.mark.parametrize("caller", ["ma_viewer", "merchant_viewer"])
 def test_a_viewer_reads_in_scope_but_every_write_is_refused_with_403(world: World, callers, caller):
     client = callers[caller]
-    session = make_session(world.device_a1)
+    session = make_session(world.device)
     ids = {
-        "store_a1": world.store_a1.pk,
-        "store_a1b": world.store_a1b.pk,
-        "pos_a1": world.pos_a1.pk,
-        "device_a1": world.device_a1.pk,
+        "store": world.store.pk,
+        "sibling_store": world.sibling_store.pk,
+        "pos": world.pos.pk,
+        "device": world.device.pk,
         "session": session.pk,
     }
-    assert client.get(f"{API}/devices/{world.device_a1.pk}/").status_code == 200
+    assert client.get(f"{API}/devices/{world.device.pk}/").status_code == 200
     before = db_snapshot()
     for method, path, body in VIEWER_WRITES:
         url = API + path.format(**ids)
@@ -240,10 +241,10 @@ def test_a_viewer_reads_in_scope_but_every_write_is_refused_with_403(world: Worl
 def test_an_ma_viewer_may_not_write_its_merchants_or_applications(world: World, ma_viewer):
     before = db_snapshot()
     for method, url in (
-        ("patch", f"{API}/merchants/{world.merchant_a1.pk}/"),
-        ("post", f"{API}/merchants/{world.merchant_a1.pk}/cloud-connector/"),
-        ("patch", f"{API}/applications/{world.app_a1.pk}/"),
-        ("post", f"{API}/applications/{world.app_a1.pk}/rotate-secret/"),
+        ("patch", f"{API}/merchants/{world.merchant.pk}/"),
+        ("post", f"{API}/merchants/{world.merchant.pk}/cloud-connector/"),
+        ("patch", f"{API}/applications/{world.app.pk}/"),
+        ("post", f"{API}/applications/{world.app.pk}/rotate-secret/"),
     ):
         response = call(ma_viewer, method, url, {"name": "x"} if method == "patch" else None)
         assert response.status_code == 403
@@ -252,20 +253,20 @@ def test_an_ma_viewer_may_not_write_its_merchants_or_applications(world: World, 
 
 ABOVE_LEVEL = {
     "merchant_admin": [
-        ("post", "/merchants/", lambda w: {"merchant_aggregator": w.ma_a1.pk, "name": "Sibling"}),
-        ("patch", "/merchants/{merchant_a1}/", lambda w: {"name": "Renamed"}),
-        ("delete", "/merchants/{merchant_a1}/", None),
-        ("post", "/merchants/{merchant_a1}/cloud-connector/", None),
-        ("delete", "/merchants/{merchant_a1}/cloud-connector/", None),
-        ("patch", "/merchant-aggregators/{ma_a1}/", lambda w: {"name": "Renamed"}),
-        ("post", "/merchant-aggregators/{ma_a1}/cloud-connector/", None),
+        ("post", "/merchants/", lambda w: {"merchant_aggregator": w.ma.pk, "name": "Sibling"}),
+        ("patch", "/merchants/{merchant}/", lambda w: {"name": "Renamed"}),
+        ("delete", "/merchants/{merchant}/", None),
+        ("post", "/merchants/{merchant}/cloud-connector/", None),
+        ("delete", "/merchants/{merchant}/cloud-connector/", None),
+        ("patch", "/merchant-aggregators/{ma}/", lambda w: {"name": "Renamed"}),
+        ("post", "/merchant-aggregators/{ma}/cloud-connector/", None),
         ("post", "/merchant-aggregators/", lambda w: {"name": "New MA"}),
         ("post", "/subscriptions/", lambda w: {"service": "cloud-connector"}),
     ],
     "ma_admin": [
         ("post", "/merchant-aggregators/", lambda w: {"name": "New MA"}),
-        ("patch", "/merchant-aggregators/{ma_a1}/", lambda w: {"name": "Renamed"}),
-        ("delete", "/merchant-aggregators/{ma_a1}/", None),
+        ("patch", "/merchant-aggregators/{ma}/", lambda w: {"name": "Renamed"}),
+        ("delete", "/merchant-aggregators/{ma}/", None),
         ("post", "/subscriptions/", lambda w: {"service": "cloud-connector"}),
     ],
 }
@@ -274,7 +275,7 @@ ABOVE_LEVEL = {
 @pytest.mark.parametrize("caller", ["ma_admin", "merchant_admin"])
 def test_a_write_on_what_is_managed_above_the_caller_is_refused_with_403(world: World, callers, caller):
     client = callers[caller]
-    ids = {"merchant_a1": world.merchant_a1.pk, "ma_a1": world.ma_a1.pk}
+    ids = {"merchant": world.merchant.pk, "ma": world.ma.pk}
     before = db_snapshot()
     for method, path, body in ABOVE_LEVEL[caller]:
         url = API + path.format(**ids)
@@ -286,18 +287,18 @@ def test_a_write_on_what_is_managed_above_the_caller_is_refused_with_403(world: 
 
 
 def test_staff_reach_every_tenant(world: World, staff):
-    for resource, pk in (("merchants", world.merchant_b.pk), ("devices", world.device_b.pk)):
+    for resource, pk in (("merchants", world.far_merchant.pk), ("devices", world.far_device.pk)):
         assert staff.get(f"{API}/{resource}/{pk}/").status_code == 200
-    response = staff.patch(f"{API}/stores/{world.store_b.pk}/", {"name": "Renamed by staff"}, format="json")
+    response = staff.patch(f"{API}/stores/{world.far_store.pk}/", {"name": "Renamed by staff"}, format="json")
     assert response.status_code == 200
-    world.store_b.refresh_from_db()
-    assert world.store_b.name == "Renamed by staff"
+    world.far_store.refresh_from_db()
+    assert world.far_store.name == "Renamed by staff"
 
 
 def test_a_merchant_admin_manages_its_own_stores_pos_and_devices(world: World, merchant_admin):
-    store = merchant_admin.post(f"{API}/stores/", {"merchant": world.merchant_a1.pk, "name": "New"}, format="json")
+    store = merchant_admin.post(f"{API}/stores/", {"merchant": world.merchant.pk, "name": "New"}, format="json")
     assert store.status_code == 201
     pos = merchant_admin.post(f"{API}/pos/", {"store": store.json()["id"], "name": "Till"}, format="json")
     assert pos.status_code == 201
-    activated = merchant_admin.post(f"{API}/devices/{world.device_a1.pk}/cloud-connector/")
+    activated = merchant_admin.post(f"{API}/devices/{world.device.pk}/cloud-connector/")
     assert activated.status_code == 201

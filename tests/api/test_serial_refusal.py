@@ -15,8 +15,8 @@ from connector import serial_refusals
 from connector import services as connector_services
 from connector.csv_import import devices_import_csv
 from connector.models import Device
-from tests.api.conftest import API, World, db_snapshot
-from tests.factories import make_user
+from tests.api.conftest import API, db_snapshot
+from tests.world import World
 
 REFUSED = {"serial": ["This serial number cannot be used."]}
 
@@ -41,8 +41,8 @@ def serial_refusal_settings(settings):
 
 def device_body(world: World, **overrides) -> dict:
     return {
-        "merchant": world.merchant_a1.pk,
-        "store": world.store_a1.pk,
+        "merchant": world.merchant.pk,
+        "store": world.store.pk,
         "make": "Ingenico",
         "model": "Lane3000",
         "serial": "FREE0001",
@@ -55,45 +55,45 @@ def refusals() -> list[AuditEntry]:
 
 
 def test_a_serial_held_outside_the_callers_scope_is_refused_without_describing_the_device(world: World, merchant_admin):
-    # device_a3 belongs to the tenant's other merchant aggregator: merchant_a1's user cannot see it.
-    taken = world.device_a3
+    # The sister aggregator's terminal belongs to the tenant's other aggregator: alice cannot see it.
+    taken = world.sister_device
     response = merchant_admin.post(
         f"{API}/devices/", device_body(world, make=taken.make, serial=taken.serial), format="json"
     )
     assert (response.status_code, response.json()) == (400, REFUSED)
     assert taken.model not in response.content.decode()
-    assert not Device.objects.filter(store=world.store_a1, serial=taken.serial).exists()
+    assert not Device.objects.filter(store=world.store, serial=taken.serial).exists()
 
 
 def test_the_refusal_is_the_same_whether_the_holder_is_in_scope_or_not(world: World, ma_admin, settings):
     settings.CLOUD_CONNECTOR = {**settings.CLOUD_CONNECTOR, "SERIAL_REFUSAL_LIMIT": 10}
-    inside, outside = world.device_a2, world.device_a3  # ma_a1's merchant_a2, and ma_a2's
+    inside, outside = world.other_device, world.sister_device  # the aggregator's other merchant, and the sister's
     answers = []
     for taken in (inside, outside):
         created = ma_admin.post(
             f"{API}/devices/", device_body(world, make=taken.make, serial=taken.serial), format="json"
         )
         changed = ma_admin.patch(
-            f"{API}/devices/{world.device_a1.pk}/", {"serial": taken.serial.lower()}, format="json"
+            f"{API}/devices/{world.device.pk}/", {"serial": taken.serial.lower()}, format="json"
         )
         answers.append([(r.status_code, r.json()) for r in (created, changed)])
     assert answers[0] == answers[1] == [(400, REFUSED), (400, REFUSED)]
 
 
 def test_each_refusal_is_audited_with_the_actor_the_serial_tried_and_the_outcome(world: World, merchant_admin):
-    taken = world.device_a3
+    taken = world.sister_device
     merchant_admin.post(f"{API}/devices/", device_body(world, make=taken.make, serial=taken.serial), format="json")
-    merchant_admin.patch(f"{API}/devices/{world.device_a1.pk}/", {"serial": taken.serial}, format="json")
+    merchant_admin.patch(f"{API}/devices/{world.device.pk}/", {"serial": taken.serial}, format="json")
     entries = refusals()
     assert [(e.actor, e.tenant_id, e.data) for e in entries] == [
-        ("user:merchant-admin", world.tenant_a.pk, {"make": taken.make, "serial": taken.serial, "outcome": "refused"})
+        ("user:alice", world.tenant.pk, {"make": taken.make, "serial": taken.serial, "outcome": "refused"})
     ] * 2
-    assert entries[0].actor_user.username == "merchant-admin"
-    assert [e.object_id for e in entries] == ["", str(world.device_a1.pk)]
+    assert entries[0].actor_user == world.merchant_admin
+    assert [e.object_id for e in entries] == ["", str(world.device.pk)]
 
 
 def test_too_many_refusals_answer_429_with_retry_after_even_for_a_free_serial(world: World, provisioning):
-    taken = world.device_a3
+    taken = world.sister_device
     for _ in range(3):
         refused = provisioning.post(
             f"{API}/devices/", device_body(world, make=taken.make, serial=taken.serial), format="json"
@@ -104,21 +104,21 @@ def test_too_many_refusals_answer_429_with_retry_after_even_for_a_free_serial(wo
     assert limited.status_code == 429
     assert 0 < int(limited["Retry-After"]) <= 86400
     assert "try again" in limited.json()["detail"]
-    changed = provisioning.patch(f"{API}/devices/{world.device_a1.pk}/", {"serial": "NEVERUSED2"}, format="json")
+    changed = provisioning.patch(f"{API}/devices/{world.device.pk}/", {"serial": "NEVERUSED2"}, format="json")
     assert changed.status_code == 429
     assert db_snapshot()["Device"] == before
     assert [e.data["outcome"] for e in refusals()] == ["refused"] * 3 + ["rate_limited"] * 2
 
 
 def test_the_limit_is_per_caller_and_spares_other_changes(world: World, provisioning, ma_admin):
-    taken = world.device_a3
+    taken = world.sister_device
     for _ in range(3):
         provisioning.post(f"{API}/devices/", device_body(world, make=taken.make, serial=taken.serial), format="json")
     # Switching a terminal off, or repeating its serial in a PUT, is not a probe.
-    disabled = provisioning.patch(f"{API}/devices/{world.device_a1.pk}/", {"enabled": False}, format="json")
+    disabled = provisioning.patch(f"{API}/devices/{world.device.pk}/", {"enabled": False}, format="json")
     assert disabled.status_code == 200
     same = provisioning.patch(
-        f"{API}/devices/{world.device_a1.pk}/", {"serial": world.device_a1.serial.lower()}, format="json"
+        f"{API}/devices/{world.device.pk}/", {"serial": world.device.serial.lower()}, format="json"
     )
     assert same.status_code == 200
     other = ma_admin.post(f"{API}/devices/", device_body(world, serial="OTHERFREE1"), format="json")
@@ -128,12 +128,12 @@ def test_the_limit_is_per_caller_and_spares_other_changes(world: World, provisio
 
 
 def test_the_service_refuses_with_the_neutral_message(world: World):
-    actor = principal_for_user(make_user(username="m-admin", merchant=world.merchant_a1))
-    taken = world.device_a3
+    actor = principal_for_user(world.merchant_admin)
+    taken = world.sister_device
     with pytest.raises(serial_refusals.SerialRefused) as refused:
         connector_services.device_create(
-            merchant=world.merchant_a1,
-            store=world.store_a1,
+            merchant=world.merchant,
+            store=world.store,
             make=taken.make.upper(),
             model="Other",
             serial=taken.serial.lower(),
@@ -144,11 +144,11 @@ def test_the_service_refuses_with_the_neutral_message(world: World):
 
 
 def test_the_models_own_validation_does_not_describe_the_device_either(world: World):
-    taken = world.device_a3
+    taken = world.sister_device
     twin = Device(
-        tenant=world.tenant_a,
-        merchant=world.merchant_a1,
-        store=world.store_a1,
+        tenant=world.tenant,
+        merchant=world.merchant,
+        store=world.store,
         make=taken.make,
         model="Other",
         serial=taken.serial,
@@ -159,11 +159,11 @@ def test_the_models_own_validation_does_not_describe_the_device_either(world: Wo
 
 
 def test_the_admin_form_refuses_neutrally_and_the_refusal_survives_the_forms_rollback(world: World, client):
-    client.force_login(make_user(username="ops", is_staff=True))
-    taken = world.device_a3
+    client.force_login(world.staff)
+    taken = world.sister_device
     form = {
-        "merchant": world.merchant_a1.pk,
-        "store": world.store_a1.pk,
+        "merchant": world.merchant.pk,
+        "store": world.store.pk,
         "make": taken.make,
         "model": "Lane3000",
         "serial": taken.serial,
@@ -173,23 +173,23 @@ def test_the_admin_form_refuses_neutrally_and_the_refusal_survives_the_forms_rol
     response = client.post(reverse("admin:connector_device_add"), form)
     assert response.status_code == 200
     assert response.context["adminform"].form.errors["serial"] == ["This serial number cannot be used."]
-    assert [(e.actor, e.data["outcome"]) for e in refusals()] == [("user:ops", "refused")]
+    assert [(e.actor, e.data["outcome"]) for e in refusals()] == [("user:sam", "refused")]
 
 
 def test_the_csv_import_refuses_taken_serials_neutrally_and_audits_them(world: World):
-    actor = principal_for_user(make_user(username="ops", is_staff=True))
-    taken = world.device_a3
+    actor = principal_for_user(world.staff)
+    taken = world.sister_device
     text = (
         "make,model,serial,merchant,store\n"
-        f"{taken.make},Lane3000,{taken.serial},{world.merchant_a1.name},{world.store_a1.name}\n"
+        f"{taken.make},Lane3000,{taken.serial},{world.merchant.name},{world.store.name}\n"
     )
-    result = devices_import_csv(tenant=world.tenant_a, file=text.encode(), actor=actor)
+    result = devices_import_csv(tenant=world.tenant, file=text.encode(), actor=actor)
     assert [(e.line, e.reason) for e in result.errors] == [
         (2, f"{taken.make} serial {taken.serial!r}: This serial number cannot be used.")
     ]
     assert taken.store.name not in str(result.errors) and taken.merchant.name not in str(result.errors)
     assert [(e.actor, e.data["serial"], e.data["outcome"]) for e in refusals()] == [
-        ("user:ops", taken.serial, "refused")
+        ("user:sam", taken.serial, "refused")
     ]
 
 

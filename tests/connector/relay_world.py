@@ -1,73 +1,21 @@
-"""Shared personas and helpers of the relay's tests: a store with a usable terminal, its
-POS (the owner), a merchant-aggregator application (a member), and outsiders (a POS of
-another store of the same merchant, and a POS of another tenant)."""
+"""The relay's tests in process: Channels communicators on the WebSocket routes, and the
+protocol's steps (register, open a listener, claim, open a session socket) as helpers. The
+callers are the personas of tests/world.py: its home POS (the owner of the store's terminal),
+the aggregator's application (a member), the neighbour POS and the far POS (outsiders)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 
-from accounts.models import POS, CloudApplication, Store
-from connector.models import Device
 from connector.routing import websocket_urlpatterns
-from tests.factories import StoreFactory, make_access_token, make_cloud_application, make_pos, make_usable_device
-from tests.hashing import FAST_HASHERS as FAST
 
 APP = URLRouter(websocket_urlpatterns)
 TIMEOUT = 5
 HOST = "testserver"
-
-
-@dataclass
-class World:
-    store: Store
-    device: Device
-    pos: POS
-    pos_token: str
-    app: CloudApplication
-    app_token: str
-    neighbour: POS  # same merchant, another store: the terminal is out of its scope
-    neighbour_token: str
-    stranger: POS  # another tenant
-    stranger_token: str
-
-    @property
-    def pos_credentials(self) -> dict[str, str]:
-        return {"client_id": self.pos.application.client_id, "client_secret": self.pos.client_secret}
-
-
-FAST_HASHERS = [*FAST, "django.contrib.auth.hashers.PBKDF2PasswordHasher"]
-
-
-def fast_hashing(settings) -> None:
-    """Hash client secrets cheaply: these tests make many credentials and check secrets
-    often; the real hasher's cost is not what they test."""
-    settings.PASSWORD_HASHERS = FAST_HASHERS
-
-
-def make_world() -> World:
-    device = make_usable_device()
-    store = device.store
-    pos = make_pos(store=store)
-    app = make_cloud_application(merchant_aggregator=store.merchant.merchant_aggregator)
-    neighbour = make_pos(store=StoreFactory(merchant=store.merchant), name="Neighbour")
-    stranger = make_pos(store=StoreFactory(), name="Stranger")
-    return World(
-        store=store,
-        device=device,
-        pos=pos,
-        pos_token=make_access_token(pos.application),
-        app=app,
-        app_token=make_access_token(app.application),
-        neighbour=neighbour,
-        neighbour_token=make_access_token(neighbour.application),
-        stranger=stranger,
-        stranger_token=make_access_token(stranger.application),
-    )
 
 
 def communicator(

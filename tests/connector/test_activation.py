@@ -15,15 +15,8 @@ from connector import services
 from connector.models import Activation, Device, DeviceSession, Subscription
 from connector.services import Unusable
 from tests.factories import DeviceFactory, MerchantFactory, StoreFactory, make_usable_device, make_user
-from tests.hashing import FAST_HASHERS
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # The rules under test do not depend on the hasher; PBKDF2 would make each user cost a second.
-    settings.PASSWORD_HASHERS = FAST_HASHERS
 
 
 @pytest.fixture

@@ -44,14 +44,8 @@ from tests.factories import (
     make_usable_device,
     make_user,
 )
-from tests.hashing import FAST_HASHERS
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = FAST_HASHERS
 
 
 @pytest.fixture

@@ -10,46 +10,31 @@ from __future__ import annotations
 
 import pytest
 from channels.db import database_sync_to_async
-from channels.layers import channel_layers
-from django.core.cache import cache
 
 from accounts import services as account_services
 from accounts.oauth import access_token_revoke
 from accounts.scope import SYSTEM
+from connector import callers, registrations, selectors, sessions
 from connector import services as connector_services
-from connector import sessions
+from connector.errors import InvalidClient, UnknownDevice
 from connector.models import DeviceSession
 from tests.connector.relay_world import (
     Listener,
     communicator,
     device_socket,
     expect_close,
-    fast_hashing,
     hang_up,
-    make_world,
     refused_with,
     register,
     session_socket,
 )
 from tests.factories import make_access_token
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def fresh_state(settings):
-    fast_hashing(settings)
-    settings.DEBUG = True
-    cache.clear()
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    channel_layers.backends.clear()
-    yield
-    channel_layers.backends.clear()
-
-
-@pytest.fixture
-def world():
-    return make_world()
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.cloud_connector_on,
+    pytest.mark.usefixtures("fresh_state"),
+]
 
 
 def db(fn):
@@ -58,14 +43,14 @@ def db(fn):
 
 def register_with_secret(world, pos=None) -> sessions.Registration:
     pos = pos or world.pos
-    caller = sessions.caller_from_client_credentials(
+    caller = callers.caller_from_client_credentials(
         client_id=pos.application.client_id, client_secret=pos.client_secret
     )
     return sessions.device_register(caller=caller, tsn=world.device.tsn, endpoints=["/"])
 
 
 def register_with_token(world, token: str) -> sessions.Registration:
-    caller = sessions.caller_from_bearer(token)
+    caller = callers.caller_from_bearer(token)
     return sessions.device_register(caller=caller, tsn=world.device.tsn, endpoints=["/"])
 
 
@@ -111,19 +96,19 @@ def test_a_session_registered_again_with_another_credential_stands_on_that_one(w
 def test_a_secret_checked_just_before_the_rotation_does_not_register_after_it(world):
     # The hash check happens before the registration's transaction: the rotation may commit
     # in between; the registration then must not create a session nobody will end.
-    caller = sessions.caller_from_client_credentials(
+    caller = callers.caller_from_client_credentials(
         client_id=world.pos.application.client_id, client_secret=world.pos.client_secret
     )
     account_services.credential_rotate(obj=world.pos, actor=SYSTEM)
-    with pytest.raises(sessions.InvalidClient):
+    with pytest.raises(InvalidClient):
         sessions.device_register(caller=caller, tsn=world.device.tsn, endpoints=["/"])
     assert not DeviceSession.objects.filter(device=world.device).exists()
 
 
 def test_a_token_checked_just_before_its_revocation_does_not_register_after_it(world):
-    caller = sessions.caller_from_bearer(world.pos_token)
+    caller = callers.caller_from_bearer(world.pos_token)
     assert access_token_revoke(application=world.pos.application, raw_token=world.pos_token)
-    with pytest.raises(sessions.InvalidClient):
+    with pytest.raises(InvalidClient):
         sessions.device_register(caller=caller, tsn=world.device.tsn, endpoints=["/"])
 
 
@@ -146,25 +131,25 @@ def test_deleting_the_registering_pos_ends_its_sessions_even_unclaimed(world):
 
 def test_the_secret_memo_forgets_the_old_secret_at_the_rotation(world, django_capture_on_commit_callbacks):
     old_hash = world.pos.application.client_secret
-    assert sessions.secret_matches(world.pos.client_secret, old_hash)
-    assert sessions.secret_remembered(world.pos.client_secret, old_hash)
+    assert callers.secret_matches(world.pos.client_secret, old_hash)
+    assert callers.secret_remembered(world.pos.client_secret, old_hash)
     with django_capture_on_commit_callbacks(execute=True):
         account_services.credential_rotate(obj=world.pos, actor=SYSTEM)
-    assert not sessions.secret_remembered(world.pos.client_secret, old_hash)
+    assert not callers.secret_remembered(world.pos.client_secret, old_hash)
 
 
 def test_a_remembered_old_secret_no_longer_registers_after_the_rotation(world):
     assert isinstance(register_with_secret(world), sessions.Registration)  # remembered now
     account_services.credential_rotate(obj=world.pos, actor=SYSTEM)
-    outcome = sessions.device_register_with_client(
+    outcome = registrations.device_register_with_client(
         address="192.0.2.1",
         client_id=world.pos.application.client_id,
         client_secret=world.pos.client_secret,
         tsn=world.device.tsn,
         endpoints=["/"],
     )
-    assert isinstance(outcome, sessions.SecretToCheck)
-    assert not sessions.secret_matches(world.pos.client_secret, outcome.record.stored_secret)
+    assert isinstance(outcome, registrations.SecretToCheck)
+    assert not callers.secret_matches(world.pos.client_secret, outcome.record.stored_secret)
 
 
 async def test_rotation_closes_the_device_and_pos_session_sockets_with_4410(world):
@@ -263,7 +248,7 @@ async def test_a_pos_session_socket_opened_after_the_move_is_refused(world):
 
 def test_a_move_within_the_same_store_releases_nothing(world):
     register_with_secret(world)
-    claim = sessions.session_claim(caller=sessions.caller_from_bearer(world.pos_token), tsn=world.device.tsn)
+    claim = sessions.session_claim(caller=callers.caller_from_bearer(world.pos_token), tsn=world.device.tsn)
     connector_services.device_update(device=world.device, store=world.store, enabled=True, actor=SYSTEM)
     assert DeviceSession.objects.get(pk=claim.session_id).claimed_by_id == world.pos.application_id
 
@@ -272,11 +257,11 @@ def test_a_claim_racing_a_move_rereads_the_device_under_the_session_lock(world, 
     # The claim found the device in its store; the move committed before the claim locked
     # the session: the claim must not succeed on the device it no longer reaches.
     register_with_secret(world)
-    caller = sessions.caller_from_bearer(world.pos_token)
-    found = sessions.device_find(principal=caller.principal, tsn=world.device.tsn)
+    caller = callers.caller_from_bearer(world.pos_token)
+    found = selectors.device_find(principal=caller.principal, tsn=world.device.tsn)
     move(world, world.neighbour.store)
     monkeypatch.setattr(sessions, "device_find", lambda **kwargs: found)
-    with pytest.raises(sessions.UnknownDevice):
+    with pytest.raises(UnknownDevice):
         sessions.session_claim(caller=caller, tsn=world.device.tsn)
     assert DeviceSession.objects.get(device=world.device).claimed_by_id is None
 

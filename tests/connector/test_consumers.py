@@ -12,23 +12,23 @@ import jwt
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers
-from django.core.cache import cache
 
 from accounts import services as account_services
 from accounts.credentials import token_checksum
 from accounts.scope import SYSTEM
-from connector import consumers, events, relay, sessions, tokens
+from connector import events, sessions, tokens
 from connector import services as connector_services
+from connector.consumers import relay_sockets
 from connector.models import Device, DeviceSession, SessionSocket
+from connector.relay import shutdown
+from connector.relay.registry import registry
 from tests.connector.relay_world import (
     Listener,
     communicator,
     device_socket,
     expect_close,
-    fast_hashing,
     hang_up,
     local_path,
-    make_world,
     opened,
     refused_with,
     register,
@@ -37,31 +37,14 @@ from tests.connector.relay_world import (
 )
 from tests.factories import DeviceFactory, make_access_token
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.cloud_connector_on,
+    pytest.mark.usefixtures("fresh_state"),
+]
 
 DEVICE_LISTENER = "/cloud-connector/v1/device-listener"
 POS_LISTENER = "/cloud-connector/v1/pos-listener"
-
-
-@pytest.fixture(autouse=True)
-def fresh_state(settings):
-    fast_hashing(settings)
-    settings.DEBUG = True  # development mode: ws:// URLs, as under `make run`
-    cache.clear()
-    # A new in-memory layer per test, also when REDIS_URL is set: its queues belong to the
-    # test's event loop. The Redis layer is built for one long-lived loop per process; with a
-    # new loop per test, a task of it left at a test's end once kept pytest-asyncio's
-    # clean-up waiting forever (PostgreSQL + Redis run). It is exercised across real server
-    # processes instead (test_relay_e2e, test_fault_tolerance, test_redis_restart).
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    channel_layers.backends.clear()
-    yield
-    channel_layers.backends.clear()
-
-
-@pytest.fixture
-def world():
-    return make_world()
 
 
 def db(fn):
@@ -430,7 +413,7 @@ async def test_claim_errors_follow_the_table(world):
     assert (await claim_error(world.pos_token, "424242"))["error"] == "unknown_device"
     outside = await claim_error(world.neighbour_token, world.device.tsn)
     assert (outside["status_code"], outside["error"]) == (404, "unknown_device")
-    stranger = await claim_error(world.stranger_token, world.device.serial)
+    stranger = await claim_error(world.far_pos_token, world.device.serial)
     assert (stranger["status_code"], stranger["error"]) == (404, "unknown_device")
     listener = await Listener.open(world.app_token)
     assert (await listener.claim(world.device.tsn))["status"] == "ok"
@@ -475,9 +458,12 @@ async def test_devices_lists_the_tokens_scope(world):
             "session_id": registration["session_id"],
         }
     ]
-    outsider = await Listener.open(world.stranger_token)
-    assert (await outsider.ask({"action": "devices"}))["devices"] == []
+    outsider = await Listener.open(world.far_pos_token)
+    assert [row["tsn"] for row in (await outsider.ask({"action": "devices"}))["devices"]] == [world.far_device.tsn]
     await outsider.close()
+    neighbour = await Listener.open(world.neighbour_token)
+    assert (await neighbour.ask({"action": "devices"}))["devices"] == []
+    await neighbour.close()
     await listener.close()
     await hang_up(device)
 
@@ -585,7 +571,7 @@ async def test_frames_keep_their_order(world):
 async def test_frames_cross_through_the_channel_layer_between_processes(world, monkeypatch):
     # With the in-process shortcut off, peers address each other by channel name as they
     # do across processes.
-    monkeypatch.setattr(relay, "local_fast_path", False)
+    monkeypatch.setattr(registry, "local_fast_path", False)
     registration, devices, listener, claim, poses = await online_pair(world)
     for i in range(20):
         await poses["/"].send_to(bytes_data=bytes([i]))
@@ -647,6 +633,7 @@ def slow_attach_events(monkeypatch, delays=itertools.repeat(0.5)) -> None:
     layer = channel_layers["default"]
     original = layer.group_send
     delays = iter(delays)
+    pending: set[asyncio.Task] = set()  # the event loop holds tasks only weakly
 
     async def group_send(group, message):
         if message["type"] != "peer.attached":
@@ -656,7 +643,9 @@ def slow_attach_events(monkeypatch, delays=itertools.repeat(0.5)) -> None:
             await asyncio.sleep(delay)
             await original(group, message)
 
-        asyncio.get_running_loop().create_task(later(next(delays)))
+        task = asyncio.get_running_loop().create_task(later(next(delays)))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
 
     monkeypatch.setattr(layer, "group_send", group_send)
 
@@ -692,7 +681,7 @@ async def test_a_reconnected_device_gets_the_pos_answer_to_its_first_frame_befor
 
 
 async def test_across_processes_a_device_frame_reaches_a_pos_whose_attach_event_is_still_on_its_way(world, monkeypatch):
-    monkeypatch.setattr(relay, "local_fast_path", False)  # peers as if on two processes
+    monkeypatch.setattr(registry, "local_fast_path", False)  # peers as if on two processes
     registration, devices, listener, claim, poses = await online_pair(world)
     await hang_up(poses["/"])
     slow_attach_events(monkeypatch)
@@ -707,7 +696,7 @@ async def test_across_processes_a_device_frame_reaches_a_pos_whose_attach_event_
 
 
 async def test_across_processes_a_pos_frame_reaches_a_device_whose_attach_event_is_still_on_its_way(world, monkeypatch):
-    monkeypatch.setattr(relay, "local_fast_path", False)
+    monkeypatch.setattr(registry, "local_fast_path", False)
     registration, devices, listener, claim, poses = await online_pair(world)
     await hang_up(devices["/"])
     assert (await listener.event())["type"] == "device_offline"
@@ -933,14 +922,14 @@ async def test_sockets_leave_no_rows_behind(world):
 
 async def test_a_closing_server_sends_1001_to_every_socket(world):
     registration, devices, listener, claim, poses = await online_pair(world)
-    await relay.close_all(1001)
+    await shutdown.close_all(1001)
     await expect_close(devices["/"], 1001)
     await expect_close(poses["/"], 1001)
     await listener.close()
 
 
 async def test_a_server_going_away_refuses_new_sockets_with_1001(world, monkeypatch):
-    monkeypatch.setattr(relay.registry, "shutting_down", True)
+    monkeypatch.setattr(registry, "shutting_down", True)
     await refused_with(communicator(POS_LISTENER, token=world.pos_token), 1001)
     await refused_with(communicator(DEVICE_LISTENER), 1001)
 
@@ -965,17 +954,17 @@ async def test_a_socket_whose_handler_crashes_is_cleaned_up_like_a_disconnect(wo
     # hears the device went offline, and the process does not keep it among its sockets.
     registration, devices, listener, claim, poses = await online_pair(world)
     device_channel = next(
-        name for name, sock in relay.registry.sockets.items() if getattr(sock, "side", None) == sessions.Side.DEVICE
+        name for name, sock in registry.sockets.items() if getattr(sock, "side", None) == sessions.Side.DEVICE
     )
 
     async def broken_forward(self, out):
         raise RuntimeError("a bug in the frame path")
 
-    monkeypatch.setattr(consumers.DeviceSocketConsumer, "forward", broken_forward)
+    monkeypatch.setattr(relay_sockets.DeviceSocketConsumer, "forward", broken_forward)
     await devices["/"].send_to(text_data="boom")
     with pytest.raises(RuntimeError, match="a bug in the frame path"):
         await devices["/"].receive_output(5)
-    assert device_channel not in relay.registry.sockets
+    assert device_channel not in registry.sockets
     assert await listener.event() == {
         "type": "device_offline",
         "tsn": world.device.tsn,

@@ -24,17 +24,11 @@ from tests.factories import (
     TenantFactory,
     make_user,
 )
-from tests.hashing import FAST_HASHERS
 
 pytestmark = pytest.mark.django_db
 
 HEADER = "make,model,serial,merchant,store\n"
 IMPORT_URL = "/admin/connector/device/import-csv/"
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = FAST_HASHERS
 
 
 class Estate:

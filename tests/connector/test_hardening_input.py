@@ -15,8 +15,6 @@ import sys
 from typing import Any
 
 import pytest
-from channels.layers import channel_layers
-from django.core.cache import cache
 
 from connector import protocol
 from connector.protocol import ProtocolError
@@ -25,12 +23,12 @@ from tests.connector.relay_world import (
     Listener,
     communicator,
     expect_close,
-    fast_hashing,
-    make_world,
     opened,
     refused_with,
     request,
 )
+
+pytestmark = pytest.mark.cloud_connector_on
 
 DEVICE_LISTENER = "/cloud-connector/v1/device-listener"
 
@@ -163,22 +161,6 @@ def test_an_unknown_action_is_quoted_briefly_in_the_message():
 # --- both listeners, in process -------------------------------------------------------------
 
 
-@pytest.fixture
-def fresh_state(settings):
-    fast_hashing(settings)
-    settings.DEBUG = True
-    cache.clear()
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    channel_layers.backends.clear()
-    yield
-    channel_layers.backends.clear()
-
-
-@pytest.fixture
-def world(fresh_state):
-    return make_world()
-
-
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(("name", "message", "flow_id"), HOSTILE, ids=HOSTILE_IDS)
 async def test_device_listener_answers_a_hostile_registration_with_400_then_closes_1000(
@@ -192,7 +174,7 @@ async def test_device_listener_answers_a_hostile_registration_with_400_then_clos
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_pos_listener_answers_every_hostile_request_with_400_and_stays_open(world):
+async def test_pos_listener_answers_every_hostile_request_with_400_and_stays_open(fresh_state, world):
     listener = await Listener.open(world.pos_token)
     raw_surrogate = ('{"request":{"flow_id":"r","resource":{"action":"claim","tsn":"\ud800"}}}', "r")
     for message, flow_id in [(message, flow_id) for _name, message, flow_id in HOSTILE] + [raw_surrogate]:
@@ -203,7 +185,7 @@ async def test_pos_listener_answers_every_hostile_request_with_400_and_stays_ope
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_release_of_a_session_id_with_a_nul_is_an_unknown_session(world):
+async def test_a_release_of_a_session_id_with_a_nul_is_an_unknown_session(fresh_state, world):
     listener = await Listener.open(world.pos_token)
     answer = await listener.ask({"action": "release", "session_id": "\x00" * 32})
     assert (answer["status_code"], answer["error"]) == (404, "unknown_session")
@@ -211,7 +193,7 @@ async def test_a_release_of_a_session_id_with_a_nul_is_an_unknown_session(world)
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_registration_with_a_nul_in_its_client_id_is_an_invalid_request(world):
+async def test_a_registration_with_a_nul_in_its_client_id_is_an_invalid_request(fresh_state, world):
     credentials = {**world.pos_credentials, "client_id": world.pos_credentials["client_id"] + "\x00"}
     comm = communicator(DEVICE_LISTENER)
     await opened(comm)

@@ -19,7 +19,6 @@ from connector import services
 from connector.models import Device
 from connector.services import Unusable
 from tests.factories import TenantFactory
-from tests.hashing import FAST_HASHERS
 
 pytestmark = pytest.mark.django_db
 
@@ -29,7 +28,6 @@ CREDENTIALS = re.compile(r"client_id: (\S+)\s+client_secret: (\S+)")
 @pytest.fixture(autouse=True)
 def development(settings):
     settings.DEBUG = True
-    settings.PASSWORD_HASHERS = FAST_HASHERS
 
 
 @pytest.fixture

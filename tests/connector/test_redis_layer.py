@@ -1,4 +1,4 @@
-"""The relay's channel layer (connector.relay.RedisChannelLayer) on a redis-server of its own:
+"""The relay's channel layer (connector.relay.redis_layer.RedisChannelLayer) on a redis-server of its own:
 its batched receive delivers every message to its socket's channel, in order, takes a
 burst in a few round trips instead of one per message, and loses nothing when a receive
 is cancelled after taking a batch. (Redis restarts: test_redis_restart.)"""
@@ -15,8 +15,9 @@ import pytest
 import redis.exceptions
 from channels.exceptions import ChannelFull
 
-from connector import relay
-from connector.relay import RECEIVE_BATCH, LayerUnavailable, RedisChannelLayer
+from connector.relay.broker import LayerUnavailable
+from connector.relay.redis_layer import RECEIVE_BATCH, RedisChannelLayer
+from connector.relay.redis_scripts import SCRIPT_SHAS
 from tests.live import REDIS_SERVER, PrivateRedis, run_bounded
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs redis-server")
@@ -39,7 +40,7 @@ async def two_layers(url: str) -> AsyncIterator[tuple[RedisChannelLayer, RedisCh
     try:
         # The scripts loaded, as after a first use (EVAL); the receiver's reader task starts
         # with its first receive, so that a test can queue messages before it reads.
-        for script in relay._SCRIPT_SHAS:
+        for script in SCRIPT_SHAS:
             await sender.connection(0).script_load(script)
         yield sender, receiver
     finally:
@@ -214,7 +215,7 @@ def test_the_scripts_are_loaded_again_when_redis_forgot_them(redis_url):
             # The reader ran its script again before it waited for this one.
             await sender.send(channel, {"type": "frame", "n": 2})
             assert (await receiver.receive(channel))["n"] == 2
-            assert await sender.connection(0).script_exists(*relay._SCRIPT_SHAS.values()) == [True, True]
+            assert await sender.connection(0).script_exists(*SCRIPT_SHAS.values()) == [True, True]
 
     run_bounded(scenario(), timeout=60)
 

@@ -10,7 +10,7 @@ test process itself was given.
 Skipped without PostgreSQL (DATABASE_URL; SQLite is private to one process) or without
 redis-server. Timings are printed for the record, never asserted; the bounds are timeouts.
 
-The servers run the relay's channel layer (`connector.relay.RedisChannelLayer`, as
+The servers run the relay's channel layer (`connector.relay.redis_layer.RedisChannelLayer`, as
 portal/settings.py configures it): with channels_redis's own, a Redis restart closes every
 socket with 1011, and each of these tests fails.
 """
@@ -29,8 +29,6 @@ import pytest
 import requests
 from django.db import connection
 
-from accounts import services as account_services
-from accounts.scope import SYSTEM
 from connector import protocol
 from connector.clients import PosClient, SimulatedTerminal
 from connector.clients.pos import Claim, SessionSocket
@@ -41,7 +39,7 @@ from tests.connector.test_fault_tolerance import (
     socket_pids,
     terminal_on,
 )
-from tests.factories import make_access_token, make_pos, make_usable_device
+from tests.factories import make_access_token, make_pos, make_provisioning_client, make_usable_device
 from tests.live import REDIS_SERVER, LiveServer, PrivateRedis, run_bounded, start_server
 
 pytestmark = [
@@ -87,8 +85,7 @@ def run(scenario: Coroutine[Any, Any, None]) -> None:
 
 
 def provisioning_token(device) -> str:
-    issued = account_services.provisioning_client_create(tenant=device.tenant, actor=SYSTEM)
-    return make_access_token(issued.obj.application, scope="provisioning")
+    return make_access_token(make_provisioning_client(tenant=device.tenant))
 
 
 async def disable_through_the_api(server: LiveServer, device, admin_token: str) -> None:

@@ -1,4 +1,4 @@
-"""The limit on failed registrations (connector/sessions.py, "failed registrations"): only
+"""The limit on failed registrations (connector/limiter.py): only
 credential failures count, per client id and address; a correct secret is not refused
 because another terminal behind the same address failed; a higher bound per address stops
 spraying client ids; a 429 says when to retry."""
@@ -13,12 +13,12 @@ from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from websockets.asyncio.client import connect
 
-from connector import sessions
-from tests.connector.relay_world import communicator, expect_close, fast_hashing, make_world, opened, request
+from connector import callers, limiter
+from tests.connector.relay_world import communicator, expect_close, opened, request
 from tests.factories import DeviceFactory, make_pos, make_usable_device
 from tests.live import run_bounded, start_server
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cloud_connector_on]
 
 NAT = ("203.0.113.40", 50000)  # one shop's public address, shared by its terminals
 ELSEWHERE = ("198.51.100.41", 50000)
@@ -31,7 +31,6 @@ def limiter_state(settings):
     and one must not close mid-test."""
     from django.core.cache import cache
 
-    fast_hashing(settings)
     settings.DEBUG = True
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "limiter"}}
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -46,11 +45,6 @@ def limiter_state(settings):
     yield
     cache.clear()
     channel_layers.backends.clear()
-
-
-@pytest.fixture
-def world():
-    return make_world()
 
 
 def limits(settings, **values: int) -> None:
@@ -109,7 +103,7 @@ async def test_another_terminal_behind_the_same_address_still_registers(world):
 async def test_an_address_spraying_client_ids_is_bounded_but_verified_clients_still_register(world, settings):
     limits(settings, FAILED_REGISTRATION_ADDRESS_LIMIT=3)
     assert (await answer(right(world)))["status"] == "ok"  # the shop's terminal, verified from here
-    sessions._secret_cache.clear()  # as on another server process: only the shared mark is left
+    callers._secret_cache.clear()  # as on another server process: only the shared mark is left
     for number in range(3):
         resource = await answer(with_client(world.device.tsn, f"sprayed-{number}", "guess"))
         assert resource["error"] == "invalid_client"
@@ -138,13 +132,13 @@ async def test_a_malformed_registration_does_not_count(world, settings):
 
 
 def test_the_counters_are_kept_per_client_id_and_address(settings):
-    assert sessions.registration_failed(address="192.0.2.7", client_id="a") is None
-    assert sessions.registration_failed(address="192.0.2.7", client_id="a") is None
-    limited = sessions.registration_limited(address="192.0.2.7", client_id="a")
+    assert limiter.registration_failed(address="192.0.2.7", client_id="a") is None
+    assert limiter.registration_failed(address="192.0.2.7", client_id="a") is None
+    limited = limiter.registration_limited(address="192.0.2.7", client_id="a")
     assert limited.client is not None and limited.address is None
-    assert sessions.registration_limited(address="192.0.2.7", client_id="b") == sessions.RegistrationLimits(None, None)
-    assert sessions.registration_limited(address="192.0.2.8", client_id="a") == sessions.RegistrationLimits(None, None)
-    assert sessions.registration_failed(address="192.0.2.7", client_id="a") == limited.client
+    assert limiter.registration_limited(address="192.0.2.7", client_id="b") == limiter.RegistrationLimits(None, None)
+    assert limiter.registration_limited(address="192.0.2.8", client_id="a") == limiter.RegistrationLimits(None, None)
+    assert limiter.registration_failed(address="192.0.2.7", client_id="a") == limited.client
 
 
 # --- against a real server ----------------------------------------------------------------

@@ -21,9 +21,7 @@ import requests
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from accounts import services as account_services
-from accounts.scope import SYSTEM
-from tests.factories import make_access_token, make_pos, make_usable_device
+from tests.factories import make_access_token, make_pos, make_provisioning_client, make_usable_device
 from tests.live import LiveServer, run_bounded, server_log_printed, start_server
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -58,8 +56,7 @@ class Terminal:
 
 
 def provisioning_token(terminal: Terminal) -> str:
-    issued = account_services.provisioning_client_create(tenant=terminal.device.tenant, actor=SYSTEM)
-    return make_access_token(issued.obj.application, scope="provisioning")
+    return make_access_token(make_provisioning_client(tenant=terminal.device.tenant))
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -9,10 +9,25 @@ from django.utils import timezone
 from accounts import services as account_services
 from accounts.models import Application
 from accounts.scope import SYSTEM
+from connector import callers, limiter, nodes, registrations, selectors, session_sockets, sessions, tokens
 from connector import services as connector_services
-from connector import sessions, tokens
+from connector.conf import connector_settings
+from connector.errors import (
+    AmbiguousTsn,
+    DeviceDisabled,
+    DeviceOffline,
+    InsufficientScope,
+    InvalidClient,
+    InvalidToken,
+    NotClaimed,
+    RateLimited,
+    ServiceNotActive,
+    SessionClaimed,
+    UnknownDevice,
+    UnknownEndpoint,
+    UnknownSession,
+)
 from connector.models import DeviceSession, NodeHeartbeat, SessionSocket
-from tests.connector.relay_world import fast_hashing, make_world
 from tests.factories import (
     DeviceFactory,
     StoreFactory,
@@ -22,21 +37,11 @@ from tests.factories import (
     make_usable_device,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.cloud_connector_on]
 
 
-@pytest.fixture(autouse=True)
-def cheap_secrets(settings):
-    fast_hashing(settings)
-
-
-@pytest.fixture
-def world():
-    return make_world()
-
-
-def caller_of(pos_or_app) -> sessions.Caller:
-    return sessions.caller_from_bearer(make_access_token(pos_or_app.application))
+def caller_of(pos_or_app) -> callers.Caller:
+    return callers.caller_from_bearer(make_access_token(pos_or_app))
 
 
 def register(world, *, endpoints=None, now=None, device=None) -> sessions.Registration:
@@ -45,7 +50,7 @@ def register(world, *, endpoints=None, now=None, device=None) -> sessions.Regist
 
 
 def attach_device(registration, endpoint="/", channel="dev-1", node="node-a"):
-    return sessions.device_socket_attach(
+    return session_sockets.device_socket_attach(
         session_id=registration.session_id,
         device_id=registration.device_id,
         endpoint=endpoint,
@@ -62,7 +67,7 @@ def state_of(session_id: str) -> str:
 
 
 def test_a_pos_authenticates_with_its_client_id_and_secret(world):
-    caller = sessions.caller_from_client_credentials(
+    caller = callers.caller_from_client_credentials(
         client_id=world.pos.application.client_id, client_secret=world.pos.client_secret
     )
     assert caller.application_id == world.pos.application_id
@@ -70,57 +75,57 @@ def test_a_pos_authenticates_with_its_client_id_and_secret(world):
 
 
 def test_it_refuses_a_wrong_secret(world):
-    with pytest.raises(sessions.InvalidClient):
-        sessions.caller_from_client_credentials(client_id=world.pos.application.client_id, client_secret="wrong")
+    with pytest.raises(InvalidClient):
+        callers.caller_from_client_credentials(client_id=world.pos.application.client_id, client_secret="wrong")
 
 
 def test_it_refuses_an_unknown_client_id():
-    with pytest.raises(sessions.InvalidClient):
-        sessions.caller_from_client_credentials(client_id="nobody", client_secret="x")
+    with pytest.raises(InvalidClient):
+        callers.caller_from_client_credentials(client_id="nobody", client_secret="x")
 
 
 def test_a_rotated_secret_fails_at_once_even_after_a_remembered_success(world):
-    sessions.caller_from_client_credentials(
+    callers.caller_from_client_credentials(
         client_id=world.pos.application.client_id, client_secret=world.pos.client_secret
     )
     account_services.credential_rotate(obj=world.pos, actor=SYSTEM)
-    with pytest.raises(sessions.InvalidClient):
-        sessions.caller_from_client_credentials(
+    with pytest.raises(InvalidClient):
+        callers.caller_from_client_credentials(
             client_id=world.pos.application.client_id, client_secret=world.pos.client_secret
         )
 
 
 def test_an_application_without_the_pos_terminal_role_is_refused():
     app = make_cloud_application(complete=False)
-    with pytest.raises(sessions.InvalidClient):
-        sessions.caller_from_client_credentials(client_id=app.application.client_id, client_secret=app.client_secret)
+    with pytest.raises(InvalidClient):
+        callers.caller_from_client_credentials(client_id=app.application.client_id, client_secret=app.client_secret)
 
 
 def test_a_provisioning_client_never_reaches_a_terminal(world):
     issued = account_services.provisioning_client_create(
         tenant=world.store.merchant.merchant_aggregator.tenant, actor=SYSTEM
     )
-    with pytest.raises(sessions.InvalidClient):
-        sessions.caller_from_client_credentials(client_id=issued.client_id, client_secret=issued.client_secret)
+    with pytest.raises(InvalidClient):
+        callers.caller_from_client_credentials(client_id=issued.client_id, client_secret=issued.client_secret)
     token = make_access_token(issued.obj.application, scope="cloud-connector provisioning")
-    with pytest.raises(sessions.InsufficientScope):
-        sessions.caller_from_bearer(token)
+    with pytest.raises(InsufficientScope):
+        callers.caller_from_bearer(token)
 
 
 def test_a_token_without_the_cloud_connector_scope_is_insufficient(world):
-    with pytest.raises(sessions.InsufficientScope):
-        sessions.caller_from_bearer(make_access_token(world.pos.application, scope="provisioning"))
+    with pytest.raises(InsufficientScope):
+        callers.caller_from_bearer(make_access_token(world.pos.application, scope="provisioning"))
 
 
 @pytest.mark.parametrize("token", [None, "", "unknown-token"])
 def test_a_missing_or_unknown_token_is_invalid(token):
-    with pytest.raises(sessions.InvalidToken):
-        sessions.caller_from_bearer(token)
+    with pytest.raises(InvalidToken):
+        callers.caller_from_bearer(token)
 
 
 def test_an_expired_token_is_invalid(world):
-    with pytest.raises(sessions.InvalidToken):
-        sessions.caller_from_bearer(make_access_token(world.pos.application, expires_in=-1))
+    with pytest.raises(InvalidToken):
+        callers.caller_from_bearer(make_access_token(world.pos.application, expires_in=-1))
 
 
 # --- finding devices -----------------------------------------------------------------------
@@ -129,58 +134,58 @@ def test_an_expired_token_is_invalid(world):
 def test_a_device_is_found_by_serial_or_fully_qualified_tsn_in_any_case(world):
     principal = caller_of(world.pos).principal
     device = world.device
-    assert sessions.device_find(principal=principal, tsn=device.serial) == device
-    assert sessions.device_find(principal=principal, tsn=device.tsn.upper()) == device
-    assert sessions.device_find(principal=principal, tsn=device.tsn.lower()) == device
+    assert selectors.device_find(principal=principal, tsn=device.serial) == device
+    assert selectors.device_find(principal=principal, tsn=device.tsn.upper()) == device
+    assert selectors.device_find(principal=principal, tsn=device.tsn.lower()) == device
 
 
 def test_make_model_and_serial_may_hold_dashes_and_dots(world):
     device = DeviceFactory(store=world.store, make="Ingen-ico", model="Lane-3000.v2", serial="23-01.9")
     principal = caller_of(world.pos).principal
-    assert sessions.device_find(principal=principal, tsn="ingen-ico-LANE-3000.V2-23-01.9") == device
-    assert sessions.device_find(principal=principal, tsn="23-01.9") == device
+    assert selectors.device_find(principal=principal, tsn="ingen-ico-LANE-3000.V2-23-01.9") == device
+    assert selectors.device_find(principal=principal, tsn="23-01.9") == device
 
 
 def test_a_serial_shared_by_two_devices_in_scope_is_ambiguous_but_their_tsns_are_not(world):
     other = DeviceFactory(store=world.store, make="Verifone", model="P400", serial=world.device.serial)
     principal = caller_of(world.pos).principal
-    with pytest.raises(sessions.AmbiguousTsn):
-        sessions.device_find(principal=principal, tsn=world.device.serial)
-    assert sessions.device_find(principal=principal, tsn=other.tsn) == other
+    with pytest.raises(AmbiguousTsn):
+        selectors.device_find(principal=principal, tsn=world.device.serial)
+    assert selectors.device_find(principal=principal, tsn=other.tsn) == other
 
 
 def test_a_fully_qualified_match_wins_over_a_bare_serial(world):
     # One device's whole tsn is another's serial: the fully qualified reading decides.
     other = DeviceFactory(store=world.store, make="X", model="Y", serial=world.device.tsn)
     principal = caller_of(world.pos).principal
-    assert sessions.device_find(principal=principal, tsn=world.device.tsn) == world.device
-    assert sessions.device_find(principal=principal, tsn=other.tsn) == other
+    assert selectors.device_find(principal=principal, tsn=world.device.tsn) == world.device
+    assert selectors.device_find(principal=principal, tsn=other.tsn) == other
 
 
 def test_a_serial_shared_with_a_device_outside_the_scope_is_not_ambiguous(world):
     DeviceFactory(store=StoreFactory(merchant=world.store.merchant), make="Verifone", serial=world.device.serial)
-    assert sessions.device_find(principal=caller_of(world.pos).principal, tsn=world.device.serial) == world.device
+    assert selectors.device_find(principal=caller_of(world.pos).principal, tsn=world.device.serial) == world.device
 
 
 def test_a_device_of_another_store_is_unknown_to_a_store_pos(world):
-    with pytest.raises(sessions.UnknownDevice):
-        sessions.device_find(principal=caller_of(world.neighbour).principal, tsn=world.device.tsn)
-    with pytest.raises(sessions.UnknownDevice):
-        sessions.device_find(principal=caller_of(world.stranger).principal, tsn=world.device.serial)
+    with pytest.raises(UnknownDevice):
+        selectors.device_find(principal=caller_of(world.neighbour).principal, tsn=world.device.tsn)
+    with pytest.raises(UnknownDevice):
+        selectors.device_find(principal=caller_of(world.far_pos).principal, tsn=world.device.serial)
 
 
 def test_a_merchant_aggregator_application_reaches_every_store(world):
-    assert sessions.device_find(principal=caller_of(world.app).principal, tsn=world.device.tsn) == world.device
+    assert selectors.device_find(principal=caller_of(world.app).principal, tsn=world.device.tsn) == world.device
 
 
 def test_a_serial_shared_by_more_devices_than_one_read_holds_is_still_found_exactly(world):
     principal = caller_of(world.pos).principal
-    makes = [f"Make{i}" for i in range(sessions._FIND_CANDIDATES + 2)]
+    makes = [f"Make{i}" for i in range(selectors._FIND_CANDIDATES + 2)]
     lookalikes = [DeviceFactory(store=world.store, make=make, model="M", serial=world.device.serial) for make in makes]
-    assert sessions.device_find(principal=principal, tsn=lookalikes[-1].tsn) == lookalikes[-1]
-    assert sessions.device_find(principal=principal, tsn=world.device.tsn) == world.device
-    with pytest.raises(sessions.AmbiguousTsn):
-        sessions.device_find(principal=principal, tsn=world.device.serial)
+    assert selectors.device_find(principal=principal, tsn=lookalikes[-1].tsn) == lookalikes[-1]
+    assert selectors.device_find(principal=principal, tsn=world.device.tsn) == world.device
+    with pytest.raises(AmbiguousTsn):
+        selectors.device_find(principal=principal, tsn=world.device.serial)
 
 
 @pytest.mark.parametrize("level", ["subscription", "merchant_aggregator", "merchant", "device", "disabled"])
@@ -195,19 +200,19 @@ def test_a_found_device_is_refused_for_the_reason_the_services_give(world, level
         obj = {"merchant_aggregator": merchant.merchant_aggregator, "merchant": merchant, "device": world.device}
         connector_services.service_deactivate(obj=obj[level], actor=SYSTEM)
     world.device.refresh_from_db()
-    found = sessions.device_find(principal=caller_of(world.pos).principal, tsn=world.device.tsn)
+    found = selectors.device_find(principal=caller_of(world.pos).principal, tsn=world.device.tsn)
     expected = connector_services.device_unusable_reason(device=world.device)
     assert expected is not None
     assert connector_services.unusable_reason_from_flags(found) == expected
-    with pytest.raises((sessions.DeviceDisabled, sessions.ServiceNotActive)):
-        sessions.device_require_usable(device=found)
+    with pytest.raises((DeviceDisabled, ServiceNotActive)):
+        selectors.device_require_usable(device=found)
 
 
 def test_a_found_device_knows_its_live_session(world):
     principal = caller_of(world.pos).principal
-    assert sessions.device_find(principal=principal, tsn=world.device.tsn).live_session_id is None
+    assert selectors.device_find(principal=principal, tsn=world.device.tsn).live_session_id is None
     registration = register(world)
-    assert sessions.device_find(principal=principal, tsn=world.device.tsn).live_session_id == registration.session_id
+    assert selectors.device_find(principal=principal, tsn=world.device.tsn).live_session_id == registration.session_id
 
 
 # --- registration --------------------------------------------------------------------------
@@ -216,16 +221,18 @@ def test_a_found_device_knows_its_live_session(world):
 def test_a_registration_with_client_credentials_takes_one_call_once_the_secret_is_remembered(world):
     client_id, secret = world.pos.application.client_id, world.pos.client_secret
     arguments = {"address": "192.0.2.1", "client_id": client_id, "tsn": world.device.tsn, "endpoints": ["/"]}
-    first = sessions.device_register_with_client(client_secret=secret, **arguments)
-    assert isinstance(first, sessions.SecretToCheck)
+    first = registrations.device_register_with_client(client_secret=secret, **arguments)
+    assert isinstance(first, registrations.SecretToCheck)
     assert first.record.caller.application_id == world.pos.application_id
     assert DeviceSession.objects.count() == 0  # nothing registered before the secret is checked
-    assert sessions.secret_matches(secret, first.record.stored_secret)
-    registration = sessions.device_register_with_client(client_secret=secret, **arguments)
+    assert callers.secret_matches(secret, first.record.stored_secret)
+    registration = registrations.device_register_with_client(client_secret=secret, **arguments)
     assert isinstance(registration, sessions.Registration)
-    assert isinstance(sessions.device_register_with_client(client_secret="wrong", **arguments), sessions.SecretToCheck)
-    unknown = sessions.device_register_with_client(client_secret=secret, **{**arguments, "client_id": "nobody"})
-    assert unknown == sessions.SecretToCheck(record=None)
+    assert isinstance(
+        registrations.device_register_with_client(client_secret="wrong", **arguments), registrations.SecretToCheck
+    )
+    unknown = registrations.device_register_with_client(client_secret=secret, **{**arguments, "client_id": "nobody"})
+    assert unknown == registrations.SecretToCheck(record=None)
 
 
 def test_a_limited_client_id_is_refused_before_its_credentials_are_read(world, settings):
@@ -237,13 +244,13 @@ def test_a_limited_client_id_is_refused_before_its_credentials_are_read(world, s
         "FAILED_REGISTRATION_WINDOW": 86400,  # windows are aligned on the clock: none closes mid-test
     }
     cache.clear()
-    assert sessions.registration_failed(address="192.0.2.2", client_id="x") is None
-    assert sessions.registration_failed(address="192.0.2.2", client_id="x") > 0
-    with pytest.raises(sessions.RateLimited):
-        sessions.device_register_with_client(
+    assert limiter.registration_failed(address="192.0.2.2", client_id="x") is None
+    assert limiter.registration_failed(address="192.0.2.2", client_id="x") > 0
+    with pytest.raises(RateLimited):
+        registrations.device_register_with_client(
             address="192.0.2.2", client_id="x", client_secret="y", tsn=world.device.tsn, endpoints=["/"]
         )
-    registration = sessions.device_register_with_token(
+    registration = registrations.device_register_with_token(
         address="192.0.2.2", raw_token=world.pos_token, tsn=world.device.tsn, endpoints=["/"]
     )
     assert registration.created
@@ -272,18 +279,18 @@ def test_registering_again_while_the_session_is_live_keeps_the_session_id(world)
 def test_a_device_back_within_its_grace_period_gets_its_session_back_as_registered(world):
     first = register(world)
     attach_device(first)
-    sessions.socket_detach(session_id=first.session_id, side="device", endpoint="/", channel_name="dev-1")
+    session_sockets.socket_detach(session_id=first.session_id, side="device", endpoint="/", channel_name="dev-1")
     assert state_of(first.session_id) == "offline"
     again = register(world)
     assert again.session_id == first.session_id
     assert state_of(first.session_id) == "registered"
 
 
-def test_a_device_back_after_its_grace_period_gets_a_new_session(world, settings):
+def test_a_device_back_after_its_grace_period_gets_a_new_session(world):
     first = register(world)
     attach_device(first)
-    sessions.socket_detach(session_id=first.session_id, side="device", endpoint="/", channel_name="dev-1")
-    later = timezone.now() + timedelta(seconds=settings.CLOUD_CONNECTOR["GRACE_PERIOD"] + 1)
+    session_sockets.socket_detach(session_id=first.session_id, side="device", endpoint="/", channel_name="dev-1")
+    later = timezone.now() + timedelta(seconds=connector_settings.GRACE_PERIOD + 1)
     again = register(world, now=later)
     assert again.session_id != first.session_id
     assert DeviceSession.objects.get(pk=first.session_id).end_reason == "device_gone"
@@ -291,7 +298,7 @@ def test_a_device_back_after_its_grace_period_gets_a_new_session(world, settings
 
 def test_a_disabled_device_may_not_register(world):
     connector_services.device_update(device=world.device, enabled=False, actor=SYSTEM)
-    with pytest.raises(sessions.DeviceDisabled):
+    with pytest.raises(DeviceDisabled):
         register(world)
 
 
@@ -305,7 +312,7 @@ def test_registration_names_the_level_where_the_service_is_inactive(world, level
     else:
         obj = {"merchant_aggregator": merchant.merchant_aggregator, "merchant": merchant, "device": world.device}
         connector_services.service_deactivate(obj=obj[level], actor=SYSTEM)
-    with pytest.raises(sessions.ServiceNotActive) as caught:
+    with pytest.raises(ServiceNotActive) as caught:
         register(world)
     assert caught.value.extra == {"level": level}
 
@@ -321,14 +328,14 @@ def test_a_claim_names_the_session_and_its_endpoints(world):
 
 
 def test_a_device_without_a_live_session_is_offline(world):
-    with pytest.raises(sessions.DeviceOffline):
+    with pytest.raises(DeviceOffline):
         sessions.session_claim(caller=caller_of(world.pos), tsn=world.device.tsn)
 
 
 def test_a_second_credential_finds_the_session_claimed_and_the_holder_claims_again(world):
     register(world)
     first = sessions.session_claim(caller=caller_of(world.pos), tsn=world.device.tsn)
-    with pytest.raises(sessions.SessionClaimed):
+    with pytest.raises(SessionClaimed):
         sessions.session_claim(caller=caller_of(world.app), tsn=world.device.tsn)
     again = sessions.session_claim(caller=caller_of(world.pos), tsn=world.device.tsn)
     assert again == first
@@ -344,13 +351,12 @@ def test_force_takes_the_claim_over(world):
 
 def test_an_outsider_cannot_claim_the_device(world):
     register(world)
-    with pytest.raises(sessions.UnknownDevice):
+    with pytest.raises(UnknownDevice):
         sessions.session_claim(caller=caller_of(world.neighbour), tsn=world.device.tsn, force=True)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_credentials_racing_for_a_claim_in_two_threads_exactly_one_wins():
-    world = make_world()
+def test_two_credentials_racing_for_a_claim_in_two_threads_exactly_one_wins(world):
     register(world)
     callers = [caller_of(world.pos), caller_of(world.app)]
     barrier = threading.Barrier(2)
@@ -361,7 +367,7 @@ def test_two_credentials_racing_for_a_claim_in_two_threads_exactly_one_wins():
             barrier.wait(5)
             sessions.session_claim(caller=caller, tsn=world.device.tsn)
             outcomes.append("won")
-        except sessions.SessionClaimed:
+        except SessionClaimed:
             outcomes.append("claimed")
         finally:
             connection.close()
@@ -399,8 +405,7 @@ def in_two_threads(first, second) -> list:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_registrations_of_one_device_at_once_share_one_session():
-    world = make_world()
+def test_two_registrations_of_one_device_at_once_share_one_session(world):
     results: list = []
     failures = in_two_threads(lambda: results.append(register(world)), lambda: results.append(register(world)))
     assert failures == []
@@ -409,15 +414,14 @@ def test_two_registrations_of_one_device_at_once_share_one_session():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_socket_replaced_while_the_old_one_leaves_keeps_the_session_online():
-    world = make_world()
+def test_a_socket_replaced_while_the_old_one_leaves_keeps_the_session_online(world):
     registration = register(world)
     for round_ in range(10):
         old, new = f"old-{round_}", f"new-{round_}"
         attach_device(registration, channel=old)
         failures = in_two_threads(
             lambda new=new: attach_device(registration, channel=new),
-            lambda old=old: sessions.socket_detach(
+            lambda old=old: session_sockets.socket_detach(
                 session_id=registration.session_id, side="device", endpoint="/", channel_name=old
             ),
         )
@@ -437,11 +441,11 @@ def test_release_gives_the_claim_up(world):
 def test_only_the_holder_may_release(world):
     register(world)
     claim = sessions.session_claim(caller=caller_of(world.pos), tsn=world.device.tsn)
-    with pytest.raises(sessions.NotClaimed):
+    with pytest.raises(NotClaimed):
         sessions.session_release(caller=caller_of(world.app), session_id=claim.session_id)
-    with pytest.raises(sessions.UnknownSession):
+    with pytest.raises(UnknownSession):
         sessions.session_release(caller=caller_of(world.neighbour), session_id=claim.session_id)
-    with pytest.raises(sessions.UnknownSession):
+    with pytest.raises(UnknownSession):
         sessions.session_release(caller=caller_of(world.pos), session_id="no-such-session-id-at-all-xx")
 
 
@@ -450,7 +454,7 @@ def test_devices_lists_the_scope_with_online_and_claims(world):
     registration = register(world)
     attach_device(registration)
     sessions.session_claim(caller=caller_of(world.app), tsn=world.device.tsn)
-    listed = {row["tsn"]: row for row in sessions.devices_for_caller(caller=caller_of(world.pos))}
+    listed = {row["tsn"]: row for row in selectors.devices_for_caller(caller=caller_of(world.pos))}
     assert listed[world.device.tsn] == {
         "tsn": world.device.tsn,
         "online": True,
@@ -459,7 +463,9 @@ def test_devices_lists_the_scope_with_online_and_claims(world):
         "session_id": registration.session_id,
     }
     assert listed[other.tsn]["online"] is False and listed[other.tsn]["claimed"] is False
-    assert sessions.devices_for_caller(caller=caller_of(world.stranger)) == []
+    assert selectors.devices_for_caller(caller=caller_of(world.neighbour)) == []
+    far = selectors.devices_for_caller(caller=caller_of(world.far_pos))
+    assert [row["tsn"] for row in far] == [world.far_device.tsn]
 
 
 # --- states, grace and expiry --------------------------------------------------------------
@@ -469,9 +475,13 @@ def test_a_session_is_online_while_any_device_socket_is_attached(world):
     registration = register(world, endpoints=["/a", "/b"])
     attach_device(registration, "/a", "dev-a")
     attach_device(registration, "/b", "dev-b")
-    sessions.socket_detach(session_id=registration.session_id, side="device", endpoint="/a", channel_name="dev-a")
+    session_sockets.socket_detach(
+        session_id=registration.session_id, side="device", endpoint="/a", channel_name="dev-a"
+    )
     assert state_of(registration.session_id) == "online"
-    sessions.socket_detach(session_id=registration.session_id, side="device", endpoint="/b", channel_name="dev-b")
+    session_sockets.socket_detach(
+        session_id=registration.session_id, side="device", endpoint="/b", channel_name="dev-b"
+    )
     assert state_of(registration.session_id) == "offline"
 
 
@@ -480,20 +490,20 @@ def test_a_replaced_socket_leaving_does_not_take_the_session_offline(world):
     attach_device(registration, channel="old")
     place = attach_device(registration, channel="new")
     assert place.replaced == "old"
-    sessions.socket_detach(session_id=registration.session_id, side="device", endpoint="/", channel_name="old")
+    session_sockets.socket_detach(session_id=registration.session_id, side="device", endpoint="/", channel_name="old")
     assert state_of(registration.session_id) == "online"
 
 
 def test_an_endpoint_the_device_did_not_register_is_refused(world):
     registration = register(world, endpoints=["/a"])
-    with pytest.raises(sessions.UnknownEndpoint):
+    with pytest.raises(UnknownEndpoint):
         attach_device(registration, "/b")
 
 
 def test_a_jwt_of_another_device_does_not_attach(world):
     registration = register(world)
-    with pytest.raises(sessions.UnknownSession):
-        sessions.device_socket_attach(
+    with pytest.raises(UnknownSession):
+        session_sockets.device_socket_attach(
             session_id=registration.session_id,
             device_id=registration.device_id + 1000,
             endpoint="/",
@@ -502,14 +512,14 @@ def test_a_jwt_of_another_device_does_not_attach(world):
         )
 
 
-def test_an_offline_session_ends_after_the_grace_period(world, settings):
+def test_an_offline_session_ends_after_the_grace_period(world):
     registration = register(world)
     attach_device(registration)
-    sessions.socket_detach(session_id=registration.session_id, side="device", endpoint="/", channel_name="dev-1")
-    grace = settings.CLOUD_CONNECTOR["GRACE_PERIOD"]
-    sessions.sessions_sweep(now=timezone.now() + timedelta(seconds=grace - 5))
+    session_sockets.socket_detach(session_id=registration.session_id, side="device", endpoint="/", channel_name="dev-1")
+    grace = connector_settings.GRACE_PERIOD
+    nodes.sessions_sweep(now=timezone.now() + timedelta(seconds=grace - 5))
     assert state_of(registration.session_id) == "offline"
-    result = sessions.sessions_sweep(now=timezone.now() + timedelta(seconds=grace + 1))
+    result = nodes.sessions_sweep(now=timezone.now() + timedelta(seconds=grace + 1))
     assert result.ended == [registration.session_id]
     session = DeviceSession.objects.get(pk=registration.session_id)
     assert (session.state, session.end_reason) == ("ended", "device_gone")
@@ -517,9 +527,9 @@ def test_an_offline_session_ends_after_the_grace_period(world, settings):
 
 def test_a_registered_session_that_never_came_online_ends_when_its_jwt_expires(world):
     registration = register(world)
-    sessions.sessions_sweep(now=timezone.now())
+    nodes.sessions_sweep(now=timezone.now())
     assert state_of(registration.session_id) == "registered"
-    sessions.sessions_sweep(now=timezone.now() + timedelta(seconds=registration.token.expires_in + 1))
+    nodes.sessions_sweep(now=timezone.now() + timedelta(seconds=registration.token.expires_in + 1))
     assert DeviceSession.objects.get(pk=registration.session_id).end_reason == "registration_expired"
 
 
@@ -534,17 +544,17 @@ def test_an_online_session_does_not_expire(world):
     registration = register(world)
     attach_device(registration, node="node-a")
     tomorrow = timezone.now() + timedelta(days=1)
-    sessions.node_heartbeat(node="node-a", now=tomorrow)
-    sessions.sessions_sweep(now=tomorrow)
+    nodes.node_heartbeat(node="node-a", now=tomorrow)
+    nodes.sessions_sweep(now=tomorrow)
     assert state_of(registration.session_id) == "online"
 
 
 def test_the_sockets_of_a_silent_node_are_forgotten_and_their_sessions_go_offline(world):
     registration = register(world)
     attach_device(registration, node="dead-node")
-    sessions.node_heartbeat(node="dead-node", now=timezone.now() - timedelta(minutes=5))
+    nodes.node_heartbeat(node="dead-node", now=timezone.now() - timedelta(minutes=5))
     SessionSocket.objects.update(connected_at=timezone.now() - timedelta(minutes=5))
-    result = sessions.sessions_sweep()
+    result = nodes.sessions_sweep()
     assert result.went_offline == [registration.session_id]
     assert not SessionSocket.objects.exists()
     assert not NodeHeartbeat.objects.filter(node="dead-node").exists()
@@ -554,30 +564,30 @@ def test_a_beating_node_keeps_its_sockets(world):
     registration = register(world)
     attach_device(registration, node="live-node")
     SessionSocket.objects.update(connected_at=timezone.now() - timedelta(minutes=5))
-    sessions.node_heartbeat(node="live-node")
-    sessions.sessions_sweep()
+    nodes.node_heartbeat(node="live-node")
+    nodes.sessions_sweep()
     assert state_of(registration.session_id) == "online"
 
 
 def test_a_heartbeat_reports_whether_the_node_was_known():
-    assert sessions.node_heartbeat(node="n1") is False
-    assert sessions.node_heartbeat(node="n1") is True
+    assert nodes.node_heartbeat(node="n1") is False
+    assert nodes.node_heartbeat(node="n1") is True
 
 
-def test_ended_sessions_are_kept_for_the_retention_time_only(world, settings):
+def test_ended_sessions_are_kept_for_the_retention_time_only(world):
     registration = register(world)
     sessions.sessions_end(session_ids=[registration.session_id], reason="test")
-    retention = settings.CLOUD_CONNECTOR["ENDED_RETENTION"]
-    sessions.sessions_sweep(now=timezone.now() + timedelta(seconds=retention - 10))
+    retention = connector_settings.ENDED_RETENTION
+    nodes.sessions_sweep(now=timezone.now() + timedelta(seconds=retention - 10))
     assert DeviceSession.objects.filter(pk=registration.session_id).exists()
-    sessions.sessions_sweep(now=timezone.now() + timedelta(seconds=retention + 10))
+    nodes.sessions_sweep(now=timezone.now() + timedelta(seconds=retention + 10))
     assert not DeviceSession.objects.filter(pk=registration.session_id).exists()
 
 
 def test_counters_add_up(world):
     registration = register(world)
-    sessions.session_counters_add(deltas={registration.session_id: (5, 2)})
-    sessions.session_counters_add(deltas={registration.session_id: (1, 0)})
+    nodes.session_counters_add(deltas={registration.session_id: (5, 2)})
+    nodes.session_counters_add(deltas={registration.session_id: (1, 0)})
     session = DeviceSession.objects.get(pk=registration.session_id)
     assert (session.frames_relayed, session.frames_dropped) == (6, 2)
 
@@ -623,5 +633,5 @@ def test_an_application_losing_its_role_loses_its_claims(world, django_capture_o
 
 def test_a_pos_in_another_store_is_an_outsider_even_with_a_valid_token(world):
     caller = caller_of(make_pos(store=StoreFactory()))
-    with pytest.raises(sessions.UnknownDevice):
+    with pytest.raises(UnknownDevice):
         sessions.device_register(caller=caller, tsn=world.device.tsn, endpoints=["/"])

@@ -6,42 +6,31 @@ from __future__ import annotations
 
 import pytest
 from channels.db import database_sync_to_async
-from channels.layers import channel_layers
-from django.core.cache import cache
 from django.utils import timezone
 
-from connector import relay
 from connector.models import DeviceSession, SessionSocket
+from connector.relay.registry import registry
 from tests.connector.relay_world import (
     Listener,
     communicator,
     device_socket,
     expect_close,
-    fast_hashing,
     hang_up,
     local_path,
-    make_world,
     refused_with,
     register,
     session_socket,
 )
 from tests.factories import make_usable_device
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.cloud_connector_on,
+    pytest.mark.usefixtures("fresh_state"),
+]
 
 POS_LISTENER = "/cloud-connector/v1/pos-listener"
 RATE_LIMITED = 4429
-
-
-@pytest.fixture(autouse=True)
-def fresh_state(settings):
-    fast_hashing(settings)
-    settings.DEBUG = True
-    cache.clear()
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    channel_layers.backends.clear()
-    yield
-    channel_layers.backends.clear()
 
 
 def limits(settings, **values: int) -> None:
@@ -57,9 +46,8 @@ async def claimed_session(world, endpoints: list[str]):
     return devices, listener, claim
 
 
-async def test_a_listener_past_the_credentials_quota_is_closed_with_4429_until_one_closes(settings):
+async def test_a_listener_past_the_credentials_quota_is_closed_with_4429_until_one_closes(settings, world):
     limits(settings, MAX_LISTENERS_PER_CREDENTIAL=2)
-    world = await database_sync_to_async(make_world)()
     first = await Listener.open(world.pos_token)
     second = await Listener.open(world.pos_token)
     await refused_with(communicator(POS_LISTENER, token=world.pos_token), RATE_LIMITED)
@@ -71,21 +59,19 @@ async def test_a_listener_past_the_credentials_quota_is_closed_with_4429_until_o
     assert (await third.ask({"action": "devices"}))["status"] == "ok"
     for listener in (second, third, neighbour):
         await listener.close()
-    assert world.pos.application_id not in relay.registry.listeners  # forgotten once all closed
+    assert world.pos.application_id not in registry.listeners  # forgotten once all closed
 
 
-async def test_a_listener_refused_for_its_token_does_not_count_against_the_quota(settings):
+async def test_a_listener_refused_for_its_token_does_not_count_against_the_quota(settings, world):
     limits(settings, MAX_LISTENERS_PER_CREDENTIAL=1)
-    world = await database_sync_to_async(make_world)()
     await refused_with(communicator(POS_LISTENER, token="not-a-token"), 4401)
     listener = await Listener.open(world.pos_token)
     await refused_with(communicator(POS_LISTENER, token=world.pos_token), RATE_LIMITED)
     await listener.close()
 
 
-async def test_a_session_socket_past_the_credentials_quota_is_closed_with_4429_until_one_closes(settings):
+async def test_a_session_socket_past_the_credentials_quota_is_closed_with_4429_until_one_closes(settings, world):
     limits(settings, MAX_SESSION_SOCKETS_PER_CREDENTIAL=2)
-    world = await database_sync_to_async(make_world)()
     devices, listener, claim = await claimed_session(world, ["/a", "/b", "/c"])
     a = await session_socket(claim, world.pos_token, "/a")
     b = await session_socket(claim, world.pos_token, "/b")
@@ -104,9 +90,8 @@ async def test_a_session_socket_past_the_credentials_quota_is_closed_with_4429_u
     await listener.close()
 
 
-async def test_session_sockets_held_on_other_processes_count_against_the_quota(settings):
+async def test_session_sockets_held_on_other_processes_count_against_the_quota(settings, world):
     limits(settings, MAX_SESSION_SOCKETS_PER_CREDENTIAL=1)
-    world = await database_sync_to_async(make_world)()
     devices, listener, claim = await claimed_session(world, ["/"])
 
     @database_sync_to_async

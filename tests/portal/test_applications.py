@@ -52,9 +52,15 @@ def test_the_application_form_shows_its_errors_inline(world, name, message):
     assert world.ma.applications.count() == 1
 
 
-def test_the_configuration_page_has_the_seeds_sections_and_says_what_is_missing(world):
+@pytest.fixture
+def draft(world) -> CloudApplication:
+    """An application of the aggregator as it is created: no service, grant or role yet."""
+    return make_cloud_application(merchant_aggregator=world.ma, name="Draft", complete=False)
+
+
+def test_the_configuration_page_has_the_seeds_sections_and_says_what_is_missing(world, draft):
     client = client_for(world.ma_admin)
-    page = client.get(reverse("portal:application_detail", args=[world.app.pk])).content.decode()
+    page = client.get(reverse("portal:application_detail", args=[draft.pk])).content.decode()
     sections = ("<legend>API</legend>", "Credentials &amp; Security › Credentials", "Security › Roles")
     for section in sections:
         assert section in page
@@ -64,22 +70,22 @@ def test_the_configuration_page_has_the_seeds_sections_and_says_what_is_missing(
     assert "the Retail API service, the Client Credentials Grant, the Point-of-sale Terminal role" in page
 
 
-def test_assigning_the_service_grant_and_role_makes_the_application_ready(world):
+def test_assigning_the_service_grant_and_role_makes_the_application_ready(world, draft):
     client = client_for(world.ma_admin)
-    url = reverse("portal:application_detail", args=[world.app.pk])
-    response = client.post(url, {"name": world.app.name, "services": ["retail-api"]})
+    url = reverse("portal:application_detail", args=[draft.pk])
+    response = client.post(url, {"name": draft.name, "services": ["retail-api"]})
     assert response["Location"] == url
     page = client.get(url).content.decode()
     assert "the Client Credentials Grant, the Point-of-sale Terminal role" in page
-    client.post(url, {"name": world.app.name, **COMPLETE})
-    world.app.refresh_from_db()
-    assert world.app.missing_for_cloud_connector() == []
+    client.post(url, {"name": draft.name, **COMPLETE})
+    draft.refresh_from_db()
+    assert draft.missing_for_cloud_connector() == []
     assert "Ready for Cloud Connector." in client.get(url).content.decode()
 
 
-def test_the_configuration_form_refuses_unknown_values_and_bad_names(world):
+def test_the_configuration_form_refuses_unknown_values_and_bad_names(world, draft):
     client = client_for(world.ma_admin)
-    url = reverse("portal:application_detail", args=[world.app.pk])
+    url = reverse("portal:application_detail", args=[draft.pk])
     response = client.post(url, {"name": "", "services": ["billing-api"]})
     body = response.content.decode()
     assert "This field is required." in body
@@ -88,15 +94,15 @@ def test_the_configuration_form_refuses_unknown_values_and_bad_names(world):
     assert (
         "There is already an application called “second” here" in client.post(url, {"name": "second"}).content.decode()
     )
-    world.app.refresh_from_db()
-    assert world.app.services == [] and world.app.name == "Acme POS cloud"
+    draft.refresh_from_db()
+    assert draft.services == [] and draft.name == "Draft"
 
 
 def test_removing_what_cloud_connector_needs_revokes_the_applications_tokens(world):
-    app = make_cloud_application(merchant_aggregator=world.ma, name="Complete")
-    AccessToken.objects.create(application=app.application, token="t-3", expires="2999-01-01T00:00Z", scope="x")
+    app = world.app
+    assert AccessToken.objects.filter(application=app.application).exists()  # the world's app_token
     client = client_for(world.ma_admin)
-    client.post(reverse("portal:application_detail", args=[app.pk]), {"name": "Complete", "services": ["retail-api"]})
+    client.post(reverse("portal:application_detail", args=[app.pk]), {"name": app.name, "services": ["retail-api"]})
     assert not AccessToken.objects.filter(application=app.application).exists()
 
 
@@ -112,7 +118,7 @@ def test_rotating_an_application_key_shows_the_new_key_once(world):
 def test_deleting_an_application_asks_first_and_revokes_its_tokens(world):
     client = client_for(world.ma_admin)
     application = world.app.application
-    AccessToken.objects.create(application=application, token="t-4", expires="2999-01-01T00:00Z", scope="x")
+    assert AccessToken.objects.filter(application=application).exists()  # the world's app_token
     url = reverse("portal:application_delete", args=[world.app.pk])
     assert "every token issued to it is revoked" in client.get(url).content.decode()
     assert client.post(url)["Location"] == reverse("portal:application_list")

@@ -11,7 +11,8 @@ from django.core import mail
 from django.test import Client, override_settings
 from django.urls import reverse
 
-from tests.portal.conftest import PASSWORD, client_for
+from tests.factories import PASSWORD
+from tests.portal.conftest import client_for
 
 pytestmark = pytest.mark.django_db
 

@@ -1,7 +1,8 @@
 """The portal in a real browser (Chromium through Playwright) against the live daphne server:
 the seed's onboarding steps end to end, a device going online and offline on an open page,
-and an outsider refused. Each test saves screenshots of the pages it walks through to
-docs/screenshots/."""
+and an outsider refused. Each test saves screenshots of the pages it walks through: to its
+temporary folder, or to the folder SCREENSHOTS_DIR names (`make screenshots` names
+docs/screenshots/, and only it refreshes them)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import asyncio
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,20 +18,9 @@ import requests
 from django.contrib.auth.hashers import check_password
 
 from accounts.models import POS, CloudApplication
-from tests.factories import (
-    DeviceFactory,
-    MerchantAggregatorFactory,
-    MerchantFactory,
-    StoreFactory,
-    TenantFactory,
-    make_pos,
-    make_usable_device,
-    make_user,
-)
-from tests.portal.conftest import PASSWORD
+from tests.factories import PASSWORD, DeviceFactory, MerchantFactory, make_user
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -86,9 +76,17 @@ def new_page(browser, live):
         context.close()
 
 
-def shot(page, name: str, *, full_page: bool = True) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+@pytest.fixture
+def shot(tmp_path) -> Callable[..., None]:
+    """Save a screenshot of a page under a name. A test run must leave the work tree as it
+    found it, so only a run that names a folder in SCREENSHOTS_DIR writes outside tmp_path."""
+    folder = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def take(page, name: str, *, full_page: bool = True) -> None:
+        page.screenshot(path=str(folder / f"{name}.png"), full_page=full_page)
+
+    return take
 
 
 def sign_in(page, username: str, password: str = PASSWORD) -> None:
@@ -111,22 +109,16 @@ def copy_and_read(page, button_selector: str) -> str:
     return page.evaluate("navigator.clipboard.readText()")
 
 
-def a_merchant_world():
-    tenant = TenantFactory(domain="acme", name="Acme Payments")
-    ma = MerchantAggregatorFactory(tenant=tenant, name="Acme Aggregation")
-    merchant = MerchantFactory(merchant_aggregator=ma, name="Corner Shop")
-    return tenant, ma, merchant
-
-
-def test_a_merchant_user_gets_store_pos_credentials_end_to_end(new_page, live):
-    tenant, _ma, merchant = a_merchant_world()
-    make_user(username="alice", merchant=merchant)
+def test_a_merchant_user_gets_store_pos_credentials_end_to_end(world, new_page, live, shot):
+    # A merchant just onboarded under the world's aggregator: no store yet.
+    merchant = MerchantFactory(merchant_aggregator=world.ma, name="New Shop")
+    make_user(username="nina", merchant=merchant)
     page = new_page()
 
     page.goto("/")
     page.wait_for_url(re.compile(r"/accounts/login/\?next=/$"))
     shot(page, "01-sign-in")
-    sign_in(page, "alice")
+    sign_in(page, "nina")
     shot(page, "02-merchant-overview")
 
     # Step 2: create a store.
@@ -174,7 +166,7 @@ def test_a_merchant_user_gets_store_pos_credentials_end_to_end(new_page, live):
 
     # The credentials work: the POS gets a Cloud Connector token.
     token = requests.post(
-        f"{live.http_url}/oauth2/v1/{tenant.domain}/token",
+        f"{live.http_url}/oauth2/v1/{world.tenant.domain}/token",
         data={"grant_type": "client_credentials"},
         auth=(client_id, secret),
         timeout=10,
@@ -183,12 +175,9 @@ def test_a_merchant_user_gets_store_pos_credentials_end_to_end(new_page, live):
     assert "cloud-connector" in token.json()["scope"].split()
 
 
-def test_an_aggregator_user_gets_developer_application_credentials_end_to_end(new_page, live):
-    tenant, ma, merchant = a_merchant_world()
-    make_user(username="agnes", merchant_aggregator=ma)
-    DeviceFactory(store=StoreFactory(merchant=merchant, name="High Street"), serial="230000111")
+def test_an_aggregator_user_gets_developer_application_credentials_end_to_end(world, new_page, live, shot):
     page = new_page()
-    sign_in(page, "agnes")
+    sign_in(page, world.ma_admin.username)
     shot(page, "05-aggregator-overview")
 
     # Step 2: create a Cloud API application; its key is shown once.
@@ -205,7 +194,7 @@ def test_an_aggregator_user_gets_developer_application_credentials_end_to_end(ne
     page.get_by_role("link", name="I have copied the key: configure the application").click()
     page.get_by_text("This application cannot reach Cloud Connector yet.").wait_for()
     refused = requests.post(
-        f"{live.http_url}/oauth2/v1/{tenant.domain}/token",
+        f"{live.http_url}/oauth2/v1/{world.tenant.domain}/token",
         data={"grant_type": "client_credentials", "scope": "cloud-connector"},
         auth=(client_id, secret),
         timeout=10,
@@ -225,7 +214,7 @@ def test_an_aggregator_user_gets_developer_application_credentials_end_to_end(ne
 
     # Step 6: the credentials shown on the page get a token.
     token = requests.post(
-        f"{live.http_url}/oauth2/v1/{tenant.domain}/token",
+        f"{live.http_url}/oauth2/v1/{world.tenant.domain}/token",
         data={"grant_type": "client_credentials"},
         auth=(client_id, secret),
         timeout=10,
@@ -236,7 +225,7 @@ def test_an_aggregator_user_gets_developer_application_credentials_end_to_end(ne
     # Activate Cloud Connector for the aggregator: the consequence is shown first.
     nav(page, "Cloud Connector").click()
     page.locator(".card", has_text="Merchant aggregator Acme Aggregation").get_by_role("link", name="Activate…").click()
-    page.get_by_text("This affects 1 device:").wait_for()
+    page.get_by_text("This affects 2 devices:").wait_for()  # Corner Shop's and Rival Shop's
     shot(page, "08-activation-confirm")
     page.get_by_role("button", name="Activate").click()
     page.get_by_text("Cloud Connector is now active for merchant aggregator").wait_for()
@@ -261,18 +250,15 @@ class TerminalThread:
         self.loop.close()
 
 
-def test_a_device_goes_online_and_offline_on_the_open_page(new_page, live):
+@pytest.mark.cloud_connector_on
+def test_a_device_goes_online_and_offline_on_the_open_page(world, new_page, live, shot):
     from connector.clients.pos import PosClient, fetch_token
     from connector.clients.terminal import SimulatedTerminal
 
-    tenant, _ma, merchant = a_merchant_world()
-    store = StoreFactory(merchant=merchant, name="High Street")
-    make_user(username="alice", merchant=merchant)
-    device = make_usable_device(store=store, serial="230123456")
-    DeviceFactory(store=store, serial="230123457")  # created after activation: not active
-    pos = make_pos(store=store, name="Till 1")
+    device, pos = world.device, world.pos
+    DeviceFactory(store=world.store, serial="230123457")  # created after activation: not active
     page = new_page()
-    sign_in(page, "alice")
+    sign_in(page, world.merchant_admin.username)
     page.goto("/devices/")
     row = page.locator(f"#device-{device.pk}")
     assert row.get_attribute("data-connection") == "none"
@@ -299,7 +285,7 @@ def test_a_device_goes_online_and_offline_on_the_open_page(new_page, live):
         async def claim_and_relay():
             token = await fetch_token(
                 live.http_url,
-                domain=tenant.domain,
+                domain=world.tenant.domain,
                 client_id=pos.application.client_id,
                 client_secret=pos.client_secret,
             )
@@ -333,13 +319,10 @@ def test_a_device_goes_online_and_offline_on_the_open_page(new_page, live):
         worker.close()
 
 
-def test_the_portal_is_usable_at_phone_width(new_page, live):
-    _tenant, _ma, merchant = a_merchant_world()
-    store = StoreFactory(merchant=merchant, name="High Street")
-    make_user(username="alice", merchant=merchant)
-    make_usable_device(store=store, serial="230000321")
+@pytest.mark.cloud_connector_on
+def test_the_portal_is_usable_at_phone_width(world, new_page, live, shot):
     page = new_page(width=390, height=844)
-    sign_in(page, "alice")
+    sign_in(page, world.merchant_admin.username)
     page.goto("/devices/")
     nav(page, "Devices").wait_for()
     overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
@@ -347,15 +330,10 @@ def test_the_portal_is_usable_at_phone_width(new_page, live):
     shot(page, "12-phone-devices", full_page=False)
 
 
-def test_a_user_of_another_merchant_gets_not_found_on_the_first_users_objects(new_page, live):
-    _tenant, ma, merchant = a_merchant_world()
-    rival = MerchantFactory(merchant_aggregator=ma, name="Rival Shop")
-    store = StoreFactory(merchant=merchant, name="High Street")
-    pos = make_pos(store=store, name="Till 1")
-    device = DeviceFactory(store=store, serial="230000999")
-    make_user(username="mallory", merchant=rival)
+def test_a_user_of_another_merchant_gets_not_found_on_the_first_users_objects(world, new_page, live):
+    store, pos, device = world.store, world.pos, world.device
     page = new_page()
-    sign_in(page, "mallory")
+    sign_in(page, world.other_merchant_admin.username)
     for path in (f"/stores/{store.pk}/", f"/pos/{pos.pk}/", f"/pos/{pos.pk}/rotate/", f"/devices/{device.pk}/"):
         response = page.goto(path)
         assert response.status == 404, path

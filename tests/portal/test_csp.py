@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import MerchantFactory, TenantFactory, make_user
-from tests.portal.conftest import PASSWORD
+from tests.factories import PASSWORD, MerchantFactory, TenantFactory, make_user
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")

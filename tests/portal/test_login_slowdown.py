@@ -9,7 +9,7 @@ from django.test import Client
 from django.urls import reverse
 
 from portal import login_throttle
-from tests.portal.conftest import PASSWORD
+from tests.factories import PASSWORD
 
 pytestmark = pytest.mark.django_db
 

@@ -37,7 +37,7 @@ def test_the_store_form_shows_its_errors_inline(world, name, message):
     response = client.post(reverse("portal:store_create"), {"name": name})
     assert response.status_code == 200
     assert message in response.content.decode()
-    assert world.merchant.stores.count() == 1
+    assert set(world.merchant.stores.all()) == {world.store, world.sibling_store}
 
 
 def test_a_store_name_may_repeat_in_another_merchant(world):
@@ -89,7 +89,7 @@ def test_a_store_without_devices_is_deleted_with_its_pos_and_their_tokens(world)
     client = client_for(world.merchant_admin)
     world.device.delete()
     application = world.pos.application
-    AccessToken.objects.create(application=application, token="t-1", expires="2999-01-01T00:00Z", scope="x")
+    assert AccessToken.objects.filter(application=application).exists()  # the world's pos_token
     page = client.get(reverse("portal:store_delete", args=[world.store.pk])).content.decode()
     assert "1 POS credential will be deleted" in page
     response = client.post(reverse("portal:store_delete", args=[world.store.pk]))
@@ -179,7 +179,7 @@ def test_rotating_a_pos_key_asks_first_then_shows_the_new_key_once(world):
 def test_deleting_a_pos_asks_first_and_revokes_its_tokens(world):
     client = client_for(world.merchant_admin)
     application = world.pos.application
-    AccessToken.objects.create(application=application, token="t-2", expires="2999-01-01T00:00Z", scope="x")
+    assert AccessToken.objects.filter(application=application).exists()  # the world's pos_token
     url = reverse("portal:pos_delete", args=[world.pos.pk])
     assert "every token issued to it is revoked" in client.get(url).content.decode()
     response = client.post(url)

@@ -1,0 +1,197 @@
+"""What every socket of the Cloud Connector routes shares: `db` (database work and the
+events it committed), header access, the origin rule, groups, closing once, and the
+consumer's own run loop (`BaseConsumer.serve`, in place of Channels' `__call__`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from typing import Any
+
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
+
+from accounts import db_threads
+from connector import groups, protocol
+from connector.conf import connector_settings
+from connector.protocol import Close
+from connector.relay import housekeeping, servers
+from connector.relay.registry import registry
+
+logger = logging.getLogger(__name__)
+
+
+LAYER_STOP_WAIT = 5.0  # seconds a closing socket waits for its channel-layer task to stop
+
+
+async def db(fn, /, *args: Any, key: str | None = None, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` in a database thread (accounts.db_threads); the events its
+    commits sent are delivered before this returns, also when it raised. Calls with the
+    same `key` (a session id) take turns, events included, in the order they were made."""
+
+    async def work() -> Any:
+        outcome = await db_threads.run(groups.collecting(fn), *args, **kwargs)
+        return await outcome.unwrap()
+
+    return await db_threads.in_turn(key, work)
+
+
+class BaseConsumer(AsyncWebsocketConsumer):
+    """Header access, the origin rule, groups, and closing once."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.closed = False  # no more frames or events: closing, or closed
+        self.disconnected = False  # the disconnect handler has run
+        self.session_id: str | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await self.serve(scope, receive, send)
+        except Exception:
+            # A bug in a handler ends this socket (the server closes it with 1011), never the
+            # session: clean up as a disconnect would, so that the session's row forgets the
+            # socket, its peer hears of it and the registry does not keep it.
+            logger.exception("socket %s crashed; cleaning up", self.channel_name)
+            if not self.disconnected:
+                with contextlib.suppress(Exception, StopConsumer):
+                    await self.websocket_disconnect({"type": "websocket.disconnect", "code": 1011})
+            raise
+        finally:
+            registry.remove(self)
+
+    async def serve(self, scope, receive, send) -> None:
+        """Channels' AsyncConsumer.__call__ (channels 4.3, pinned) without a new task and an
+        `asyncio.wait` for every message (its `await_many_dispatch`: about a sixth of the
+        relay's CPU at 50 pairs): the socket's own messages are awaited and dispatched in
+        this task, one at a time as before; channel-layer messages are dispatched by a task
+        of their own (`dispatch_layer`), started once the connect handler has finished.
+        Both may run at once, as they already do for sockets of one process, whose peers
+        call each other's handlers directly (connector.relay.registry.deliver)."""
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        if self.channel_layer is not None:
+            self.channel_name = await self.channel_layer.new_channel()
+            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+        self.base_send = send
+        layer_task: asyncio.Task | None = None
+        try:
+            while True:
+                await self.dispatch(await receive())
+                if layer_task is None and self.channel_layer is not None:
+                    layer_task = asyncio.ensure_future(self.dispatch_layer())
+        except StopConsumer:
+            pass
+        finally:
+            if layer_task is not None:
+                layer_task.cancel()
+                # Bounded: a layer that ignored its cancellation must not keep this socket's
+                # task (and a server's shutdown) waiting forever.
+                await asyncio.wait([layer_task], timeout=LAYER_STOP_WAIT)
+
+    async def dispatch_layer(self) -> None:
+        while True:
+            message = await self.channel_receive()
+            try:
+                await self.dispatch(message)
+            except OSError:
+                # The client went away while an event was being sent to it (uvicorn's
+                # ClientDisconnected): its disconnect follows in the socket's own task.
+                logger.debug("socket %s: gone before %s could be sent", self.channel_name, message.get("type"))
+            except Exception:
+                # As a crash in the socket's own handler would: the socket closes (1011) and
+                # its disconnect cleans up; the session lives on.
+                logger.exception("socket %s: handling %s failed", self.channel_name, message.get("type"))
+                with contextlib.suppress(Exception):
+                    await self.close_socket(1011)
+
+    # -- handshake helpers
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.scope.get("headers", []):
+            if key.lower() == name:
+                return value
+        return None
+
+    def origin_allowed(self) -> bool:
+        origin = self.header(b"origin")
+        if origin is None:
+            return True  # terminals and POS software send none (§10)
+        allowed = {o.rstrip("/").lower() for o in connector_settings.ALLOWED_ORIGINS}
+        return origin.decode("latin-1").rstrip("/").lower() in allowed
+
+    def client_address(self) -> str:
+        client = self.scope.get("client")
+        return str(client[0]) if client else "-"
+
+    def public_base_url(self) -> str:
+        host = (self.header(b"host") or b"").decode("latin-1")
+        domain, _port = split_domain_port(host)
+        if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
+            server = self.scope.get("server")
+            host = "localhost"
+            if server:
+                address = f"[{server[0]}]" if ":" in str(server[0]) else str(server[0])
+                host = f"{address}:{server[1]}"
+        return protocol.ws_base_url(public_url=connector_settings.PUBLIC_WS_URL, host=host, secure=not settings.DEBUG)
+
+    async def dispatch(self, message: dict) -> None:
+        # Channels' own dispatch first hops to its database thread to close stale
+        # connections (`aclose_old_connections`) for every message; `db` does that around
+        # each database call instead, and nothing else here touches the database.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            if not message["type"].startswith("websocket."):
+                return  # a control event for the sockets of another kind, as registry.deliver does
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def websocket_connect(self, message: dict) -> None:
+        # Every socket of the process is in the registry, listeners included, so that a
+        # shutdown closes each of them with 1001 (connector.relay.shutdown.close_all); the
+        # process's housekeeping runs from its first socket on.
+        registry.add(self)
+        housekeeping.ensure_housekeeping()
+        if registry.shutting_down:
+            await self.refuse(Close.GOING_AWAY)  # reconnect to another node
+            return
+        await super().websocket_connect(message)
+
+    async def websocket_disconnect(self, message: dict) -> None:
+        self.closed = True
+        self.disconnected = True
+        registry.remove(self)
+        # Channels' own version, less its last step: a hop to its database thread to close
+        # stale connections, which `db` does around every database call instead.
+        for group in self.groups:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        await self.disconnect(message["code"])
+        raise StopConsumer()
+
+    async def refuse(self, code: int) -> None:
+        await self.accept()
+        await self.close_socket(code)
+
+    async def join(self, *names: str) -> None:
+        self.groups.extend(names)
+        await asyncio.gather(*(self.channel_layer.group_add(name, self.channel_name) for name in names))
+
+    async def close_socket(self, code: int) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        # A plain int: autobahn (daphne) refuses an IntEnum as a close code.
+        await servers.close_with(self, int(code))
+
+
+class NotFoundConsumer(BaseConsumer):
+    """Any path outside the four routes (connector.routing): no such session or endpoint."""
+
+    async def connect(self) -> None:
+        await self.refuse(Close.NOT_FOUND)

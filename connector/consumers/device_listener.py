@@ -1,0 +1,122 @@
+"""§3, device registration: `device-listener` takes one registration request, answers it,
+then closes (1000)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from accounts.credentials import bearer_from_header
+from accounts.errors import DomainError
+from connector import callers, errors, limiter, protocol, registrations, sessions
+from connector.conf import connector_settings
+from connector.consumers.base import BaseConsumer, db
+from connector.protocol import Close
+from connector.relay import servers
+from connector.relay.tasks import spawn
+
+
+async def _answer_registration(*, text: str | None, bearer: str | None, address: str, base_url: str) -> str:
+    """Answer one registration request: one database call when the client's secret matched
+    a moment ago (callers.secret_remembered), or with an access token. Otherwise the
+    secret check, a PBKDF2 run, happens in a worker thread of its own between two calls,
+    so that a fleet of terminals registering at once does not stall attaches and claims.
+    Only credential failures (invalid_client) count towards 429, per client id and address
+    (see sessions, "failed registrations"); a limited client id hears 429 before its
+    secret is checked."""
+    flow_id = None
+    credentials = None
+    try:
+        request = protocol.parse_request(text)
+        flow_id = request.flow_id
+        resource = request.resource
+        tsn = protocol.parse_tsn(resource.get("tsn"))
+        endpoints = protocol.validate_endpoints(resource.get("endpoints"))
+        credentials = protocol.parse_registration_data(resource.get("custom_registration_data"))
+        if credentials is None and bearer is None:
+            raise protocol.ProtocolError("No credentials: send custom_registration_data or an Authorization header.")
+        registration = await _register(credentials, bearer, address=address, tsn=tsn, endpoints=endpoints)
+    except DomainError as error:
+        if isinstance(error, protocol.ProtocolError) and error.flow_id is not None:
+            flow_id = error.flow_id
+        if error.code == errors.InvalidClient.code:
+            client_id = credentials.client_id if credentials is not None else None
+            wait = await db(limiter.registration_failed, address=address, client_id=client_id)
+            if wait is not None:
+                error = errors.RateLimited(retry_after=wait)
+        return protocol.error_response(flow_id, protocol.translate(error))
+    return protocol.ok_response(
+        flow_id,
+        session_id=registration.session_id,
+        connection_url=protocol.connection_url(base_url, registration.session_id),
+        connection_ssl_profile=connector_settings.SSL_PROFILE,
+        authorization_header={"Authorization": f"Bearer {registration.token.token}"},
+        endpoints=registration.endpoints,
+        expires_in=registration.token.expires_in,
+    )
+
+
+async def _register(
+    credentials: protocol.ClientCredentials | None, bearer: str | None, *, address: str, tsn: str, endpoints: list[str]
+) -> sessions.Registration:
+    if credentials is None:
+        return await db(
+            registrations.device_register_with_token, address=address, raw_token=bearer, tsn=tsn, endpoints=endpoints
+        )
+    secret = credentials.client_secret
+    outcome = await db(
+        registrations.device_register_with_client,
+        address=address,
+        client_id=credentials.client_id,
+        client_secret=secret,
+        tsn=tsn,
+        endpoints=endpoints,
+    )
+    if isinstance(outcome, sessions.Registration):
+        return outcome
+    record = outcome.record
+    secret_ok = await asyncio.to_thread(callers.secret_matches, secret, record.stored_secret if record else None)
+    caller = callers.record_caller(record, secret_ok=secret_ok)
+    return await db(registrations.device_register_checked, address=address, caller=caller, tsn=tsn, endpoints=endpoints)
+
+
+class DeviceListenerConsumer(BaseConsumer):
+    """`device-listener`: one registration request, one response, then close (1000)."""
+
+    async def connect(self) -> None:
+        servers.server_socket_tune(self, max_message=protocol.CONTROL_MESSAGE_LIMIT)
+        if not self.origin_allowed():
+            await self.refuse(Close.FORBIDDEN)
+            return
+        await self.accept()
+        self.answered = False
+        self.timeout = asyncio.get_running_loop().call_later(
+            connector_settings.REGISTRATION_TIMEOUT,
+            lambda: spawn(self._timed_out()),
+        )
+
+    async def _timed_out(self) -> None:
+        if not self.answered:
+            self.answered = True
+            await self.close_socket(Close.REGISTRATION_TIMEOUT)
+
+    async def websocket_receive(self, message: dict) -> None:
+        if self.closed or self.answered:
+            return
+        self.answered = True
+        self.timeout.cancel()
+        text = message.get("text")
+        if text is not None and protocol.text_size_exceeds(text, protocol.CONTROL_MESSAGE_LIMIT):
+            await self.close_socket(Close.TOO_BIG)
+            return
+        bearer = bearer_from_header(self.header(b"authorization"))
+        response = await _answer_registration(
+            text=text, bearer=bearer, address=self.client_address(), base_url=self.public_base_url()
+        )
+        await self.send(text_data=response)
+        await self.close_socket(Close.NORMAL)
+
+    async def disconnect(self, code: int) -> None:
+        self.closed = True
+        timeout = getattr(self, "timeout", None)
+        if timeout is not None:
+            timeout.cancel()

@@ -1,0 +1,136 @@
+"""§5, the POS listener: claim, release and devices requests, and the events for the claims a
+credential holds; `PosCaller`, what both POS sockets share (the bearer token's caller,
+closing on revocation)."""
+
+from __future__ import annotations
+
+from accounts.credentials import bearer_from_header
+from accounts.errors import DomainError
+from connector import callers, groups, protocol, selectors, sessions
+from connector.conf import connector_settings
+from connector.consumers.base import BaseConsumer, db
+from connector.protocol import Close
+from connector.relay import servers
+from connector.relay.registry import registry
+
+# pos-listener answers (a `devices` answer for a large scope) may be far bigger than requests.
+LISTENER_SERVER_LIMIT = 16 * 1024 * 1024
+
+
+def _pos_request(*, text: str | None, raw_token: str, base_url: str) -> str | None:
+    """Answer one pos-listener request; None when the token is no longer valid."""
+    flow_id = None
+    try:
+        caller = callers.caller_from_bearer(raw_token)
+    except DomainError:
+        return None
+    try:
+        request = protocol.parse_request(text)
+        flow_id = request.flow_id
+        action = request.resource.get("action")
+        if action == "claim":
+            tsn, force = protocol.parse_claim(request.resource)
+            claim = sessions.session_claim(caller=caller, tsn=tsn, force=force)
+            return protocol.ok_response(
+                flow_id,
+                session_id=claim.session_id,
+                session_url=protocol.session_url(base_url, claim.session_id),
+                endpoints=claim.endpoints,
+                tsn=claim.tsn,
+            )
+        if action == "release":
+            session_id = protocol.parse_session_id(request.resource)
+            sessions.session_release(caller=caller, session_id=session_id)
+            return protocol.ok_response(flow_id, session_id=session_id)
+        if action == "devices":
+            return protocol.ok_response(flow_id, devices=selectors.devices_for_caller(caller=caller))
+        raise protocol.ProtocolError(f"Unknown action {protocol.shown(action)}: expected claim, release or devices.")
+    except DomainError as error:
+        if isinstance(error, protocol.ProtocolError) and error.flow_id is not None:
+            flow_id = error.flow_id
+        return protocol.error_response(flow_id, protocol.translate(error))
+
+
+ONLINE_EVENTS = ("device_online", "device_offline")
+TOLD_LIMIT = 1000
+
+
+class PosCaller:
+    """What both POS sockets share: the bearer token's caller at connect, and closing when
+    that credential or token is revoked (with `revoked_code`: 4401 on the listener, 4410 on
+    session sockets)."""
+
+    revoked_code: int = Close.UNAUTHENTICATED
+
+    async def authenticate(self) -> bool:
+        """Origin (4403), then the token (4401, 4403); False once the socket is refused."""
+        if not self.origin_allowed():
+            await self.refuse(Close.FORBIDDEN)
+            return False
+        self.raw_token = bearer_from_header(self.header(b"authorization"))
+        try:
+            self.caller = await db(callers.caller_from_bearer, self.raw_token)
+        except DomainError as error:
+            await self.refuse(protocol.translate(error).close_code)
+            return False
+        return True
+
+    async def credential_revoked(self, message: dict) -> None:
+        await self.close_socket(self.revoked_code)
+
+    async def token_revoked(self, message: dict) -> None:
+        if message.get("token_checksum") == self.caller.token_checksum:
+            await self.close_socket(self.revoked_code)
+
+
+class PosListenerConsumer(PosCaller, BaseConsumer):
+    """`pos-listener`: claim, release and devices requests; §5's events for the claims the
+    credential holds. A malformed request gets a 400 and the socket stays open."""
+
+    async def connect(self) -> None:
+        # The server's limit binds answers too, and a `devices` answer for a large scope is
+        # big; requests are held to CONTROL_MESSAGE_LIMIT by websocket_receive.
+        servers.server_socket_tune(self, max_message=LISTENER_SERVER_LIMIT)
+        if not await self.authenticate():
+            return
+        # CC_MAX_LISTENERS_PER_CREDENTIAL, per process: listener sockets have no rows to count
+        # across the deployment (see connector.relay.registry, "Quotas").
+        limit = connector_settings.MAX_LISTENERS_PER_CREDENTIAL
+        if not registry.listener_admit(self, application_id=self.caller.application_id, limit=limit):
+            await self.refuse(Close.RATE_LIMITED)
+            return
+        self.listening_for = self.caller.application_id
+        # The last online/offline event this socket sent per session, so that what it missed
+        # while Redis was away can be told once it is back (connector.relay.recovery).
+        self.told: dict[str, str] = {}
+        await self.join(groups.listener_group(self.caller.application_id))
+        await self.accept()
+
+    async def websocket_receive(self, message: dict) -> None:
+        if self.closed:
+            return
+        text = message.get("text")
+        if text is not None and protocol.text_size_exceeds(text, protocol.CONTROL_MESSAGE_LIMIT):
+            await self.close_socket(Close.TOO_BIG)
+            return
+        response = await db(_pos_request, text=text, raw_token=self.raw_token, base_url=self.public_base_url())
+        if response is None:
+            await self.close_socket(Close.UNAUTHENTICATED)
+            return
+        if not self.closed:
+            await self.send(text_data=response)
+
+    async def pos_event(self, message: dict) -> None:
+        if self.closed:
+            return
+        event, session_id = message["event"], message["session_id"]
+        self.told.pop(session_id, None)
+        if event in ONLINE_EVENTS:
+            self.told[session_id] = event
+            if len(self.told) > TOLD_LIMIT:  # released claims are not heard of: forget the oldest
+                del self.told[next(iter(self.told))]
+        fields = message.get("fields") or {}  # an event's own fields: `endpoint` of device_replaced
+        await self.send(text_data=protocol.event(event, session_id=session_id, tsn=message["tsn"], **fields))
+
+    async def disconnect(self, code: int) -> None:
+        self.closed = True

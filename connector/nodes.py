@@ -1,0 +1,99 @@
+"""Node housekeeping, run by every serving process (the relay's housekeeping loop).
+
+Which socket is where is soft state: `SessionSocket` rows (connector.session_sockets) and
+`NodeHeartbeat` rows refreshed by each node. The sweep ends what is due (offline sessions
+past their grace, registered sessions past their JWT), deletes ended sessions past their
+retention, and forgets the sockets of nodes that stopped beating (a process that died
+without running its disconnect handlers). It is safe to run on every node at once. The
+same loop writes the relayed and dropped frame counters it batched (`session_counters_add`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from connector.conf import connector_settings
+from connector.models import DeviceSession, NodeHeartbeat, SessionSocket
+from connector.selectors import ended_retention
+from connector.session_sockets import offline_if_no_device_socket
+from connector.sessions import State, grace_period, sessions_end, sessions_lock
+
+
+def node_timeout() -> timedelta:
+    """How long a node may stay silent before its sockets are presumed dead."""
+    return timedelta(seconds=connector_settings.NODE_TIMEOUT)
+
+
+@transaction.atomic
+def node_heartbeat(*, node: str, now: datetime | None = None) -> bool:
+    """Record that a node is alive; False if it had been presumed dead (its rows swept)."""
+    now = now or timezone.now()
+    if NodeHeartbeat.objects.filter(node=node).update(seen_at=now):
+        return True
+    NodeHeartbeat.objects.create(node=node, seen_at=now)
+    return False
+
+
+def node_forget(*, node: str) -> None:
+    """A node shuts down cleanly: its sockets are gone."""
+    with transaction.atomic():
+        sessions = list(SessionSocket.objects.filter(node=node).values_list("session_id", flat=True).distinct())
+        sessions_lock(sessions)
+        SessionSocket.objects.filter(node=node).delete()
+        NodeHeartbeat.objects.filter(node=node).delete()
+        offline_if_no_device_socket(session_ids=sessions, now=timezone.now())
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    went_offline: list[str]
+    ended: list[str]
+    purged: int
+
+
+def sessions_sweep(*, now: datetime | None = None) -> SweepResult:
+    """End what is due and forget the sockets of silent nodes; safe to run on every node."""
+    now = now or timezone.now()
+    went_offline = _sweep_dead_nodes(now=now)
+    ended = sessions_end(
+        session_ids=list(
+            DeviceSession.objects.filter(state=State.REGISTERED, jwt_expires_at__lte=now).values_list("pk", flat=True)
+        ),
+        reason="registration_expired",
+    )
+    ended += sessions_end(
+        session_ids=list(
+            DeviceSession.objects.filter(state=State.OFFLINE, offline_at__lte=now - grace_period()).values_list(
+                "pk", flat=True
+            )
+        ),
+        reason="device_gone",
+    )
+    purged, _ = DeviceSession.objects.filter(state=State.ENDED, ended_at__lt=now - ended_retention()).delete()
+    return SweepResult(went_offline=went_offline, ended=ended, purged=purged)
+
+
+@transaction.atomic
+def _sweep_dead_nodes(*, now: datetime) -> list[str]:
+    cutoff = now - node_timeout()
+    alive = NodeHeartbeat.objects.filter(seen_at__gte=cutoff).values("node")
+    dead = SessionSocket.objects.exclude(node__in=alive).filter(connected_at__lt=cutoff)
+    sessions = list(dead.values_list("session_id", flat=True).distinct())
+    sessions_lock(sessions)
+    dead.delete()
+    NodeHeartbeat.objects.filter(seen_at__lt=cutoff).delete()
+    return offline_if_no_device_socket(session_ids=sessions, now=now)
+
+
+@transaction.atomic
+def session_counters_add(*, deltas: dict[str, tuple[int, int]]) -> None:
+    """Add relayed and dropped frame counts, batched in memory by the relay."""
+    for session_id, (relayed, dropped) in deltas.items():
+        DeviceSession.objects.filter(pk=session_id).update(
+            frames_relayed=F("frames_relayed") + relayed, frames_dropped=F("frames_dropped") + dropped
+        )

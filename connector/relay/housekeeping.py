@@ -1,0 +1,82 @@
+"""The relay's housekeeping: one background task per process (per event loop), started with
+its first socket.
+
+Heartbeat: every `SWEEP_INTERVAL` seconds (default 5) the process records itself in
+`NodeHeartbeat` and runs `nodes.sessions_sweep`. If it finds its own heartbeat row gone
+(it stalled past `NODE_TIMEOUT` and another node swept its rows), it writes the rows of its
+live sockets again instead of serving sockets nobody can find. A process that dies
+without closing its sockets is caught by the other processes' sweeps: its sockets are
+forgotten after `NODE_TIMEOUT` (default 30 s) and their sessions go offline.
+
+Every `COUNTER_FLUSH_INTERVAL` seconds (default 2) it adds the frame counters to the
+sessions' rows (connector.relay.registry), and at every heartbeat it asks the channel
+layer whether Redis lost this process's state (connector.relay.recovery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from connector import nodes
+from connector.conf import connector_settings
+from connector.relay import recovery, shutdown
+from connector.relay.registry import NODE, flush_counters, registry
+from connector.relay.tasks import task_of_loop
+
+logger = logging.getLogger(__name__)
+
+_housekeeping: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
+
+
+def ensure_housekeeping() -> None:
+    """Start this process's housekeeping task on the running loop, once (each socket calls
+    this as it connects), with the shutdown handler and the channel layer's recovery."""
+    loop = asyncio.get_running_loop()
+    running = _housekeeping.get(loop)
+    if running is None or running.done():
+        task_of_loop(_housekeeping, _housekeep, "cloud-connector-housekeeping")
+        shutdown.install_shutdown_handler(loop)
+        recovery.hook_into(get_channel_layer())
+
+
+async def _housekeep() -> None:
+    flush_every = max(0.05, connector_settings.COUNTER_FLUSH_INTERVAL)
+    sweep_every = max(flush_every, connector_settings.SWEEP_INTERVAL)
+    beaten = False
+    since_sweep = sweep_every
+    while not registry.shutting_down:
+        try:
+            if since_sweep >= sweep_every:
+                since_sweep = 0.0
+                alive = await database_sync_to_async(nodes.node_heartbeat)(node=NODE)
+                if beaten and not alive:
+                    await _presumed_dead()
+                beaten = True
+                await database_sync_to_async(nodes.sessions_sweep)()
+                await recovery.check_channel_layer()
+            await flush_counters()
+            registry.forget_idle_counters()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the next round tries again
+            logger.exception("relay housekeeping failed")
+        await asyncio.sleep(flush_every)
+        since_sweep += flush_every
+
+
+async def _presumed_dead() -> None:
+    # Another node swept our sockets' rows away while this one was stalled (or the rows
+    # were deleted): write them again, so that peers on other nodes find them and the
+    # sessions are online again; a socket whose slot or session is gone meanwhile closes.
+    logger.warning("node %s was presumed dead; re-asserting its %d sockets", NODE, len(registry.sockets))
+    for sock in list(registry.sockets.values()):
+        reassert = getattr(sock, "reassert", None)
+        if reassert is not None:
+            try:
+                await reassert()
+            except Exception:  # noqa: BLE001 - the others matter more
+                logger.exception("could not re-assert %s", sock.channel_name)

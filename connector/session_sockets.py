@@ -1,0 +1,230 @@
+"""The socket slots of a device session: which socket holds each (side, endpoint) of a
+session, written on connect and disconnect (never per frame) as `SessionSocket` rows by the
+node (serving process) holding the socket. A new socket on a slot replaces the old one.
+
+The first device socket takes a session online and the last one gone takes it offline;
+every function locks the session row first (connector.sessions.sessions_lock), then the
+socket rows. Events go out after commit: `peer.attached` / `peer.detached` to the
+session's sockets, and `device_online`, `device_offline` and `device_replaced` (v1.1 §12)
+to the claim holder's listeners.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from connector import groups
+from connector.callers import Caller
+from connector.conf import connector_settings
+from connector.errors import NotClaimHolder, SocketQuotaExceeded, UnknownEndpoint, UnknownSession
+from connector.models import DeviceSession, SessionSocket
+from connector.sessions import Side, State, live_session_lock, session_lock, sessions_lock
+
+
+@dataclass(frozen=True)
+class Attached:
+    """A socket's place after attaching: the socket it replaced, its peer, and the session."""
+
+    session_id: str
+    tsn: str
+    replaced: str | None
+    peer: str | None
+    endpoints: list[str] = field(default_factory=list)
+
+
+def _take_slot(
+    *, session: DeviceSession, side: str, endpoint: str, channel_name: str, node: str, **extra
+) -> tuple[str | None, str | None]:
+    """Claim the (session, side, endpoint) slot for a socket, the session's row locked.
+    Returns the channel it took the slot from, if any, and the peer's channel (the other
+    side's socket on the endpoint), both read in one query."""
+    slots = {
+        row_side: (pk, channel)
+        for pk, row_side, channel in SessionSocket.objects.filter(session=session, endpoint=endpoint).values_list(
+            "pk", "side", "channel_name"
+        )
+    }
+    values = {"channel_name": channel_name, "node": node, "connected_at": timezone.now(), **extra}
+    existing = slots.get(side)
+    peer = next((channel for row_side, (_pk, channel) in slots.items() if row_side != side), None)
+    if existing is None:
+        SessionSocket.objects.create(session=session, side=side, endpoint=endpoint, **values)
+        return None, peer
+    SessionSocket.objects.filter(pk=existing[0]).update(**values)
+    return (existing[1] if existing[1] != channel_name else None), peer
+
+
+@transaction.atomic
+def device_socket_attach(*, session_id: str, device_id: int, endpoint: str, channel_name: str, node: str) -> Attached:
+    """A device socket connected (its JWT already verified for this session and device)."""
+    now = timezone.now()
+    session = live_session_lock(session_id, now)
+    if session.device_id != device_id:
+        raise UnknownSession()
+    if endpoint not in session.endpoints:
+        raise UnknownEndpoint()
+    replaced, peer = _take_slot(
+        session=session, side=Side.DEVICE, endpoint=endpoint, channel_name=channel_name, node=node
+    )
+    if replaced is not None and session.claimed_by_id is not None:
+        groups.send_after_commit(
+            groups.listener_group(session.claimed_by_id),
+            {
+                "type": "pos.event",
+                "event": "device_replaced",
+                "session_id": session.pk,
+                "tsn": session.device.tsn,
+                "fields": {"endpoint": endpoint},
+            },
+        )
+    updates = {"last_seen_at": now, "node": node}
+    if session.state != State.ONLINE:
+        updates.update(state=State.ONLINE, online_at=now, offline_at=None)
+        groups.pos_event_after_commit(
+            application_id=session.claimed_by_id, event="device_online", session_id=session.pk, tsn=session.device.tsn
+        )
+    DeviceSession.objects.filter(pk=session.pk).update(**updates)
+    _announce_peer(
+        session_id=session.pk, kind="peer.attached", side=Side.DEVICE, endpoint=endpoint, channel=channel_name
+    )
+    return Attached(
+        session_id=session.pk,
+        tsn=session.device.tsn,
+        replaced=replaced,
+        peer=peer,
+        endpoints=list(session.endpoints),
+    )
+
+
+@transaction.atomic
+def pos_socket_attach(*, caller: Caller, session_id: str, endpoint: str, channel_name: str, node: str) -> Attached:
+    """A POS session socket connected: the session must be in scope, live and claimed by
+    the caller's credential, and the device must have registered the endpoint."""
+    now = timezone.now()
+    session = live_session_lock(session_id, now, principal=caller.principal)
+    if session.claimed_by_id != caller.application_id:
+        raise NotClaimHolder()
+    if endpoint not in session.endpoints:
+        raise UnknownEndpoint()
+    _within_session_socket_quota(caller=caller, session=session, endpoint=endpoint)
+    replaced, peer = _take_slot(
+        session=session,
+        side=Side.POS,
+        endpoint=endpoint,
+        channel_name=channel_name,
+        node=node,
+        application_id=caller.application_id,
+    )
+    _announce_peer(session_id=session.pk, kind="peer.attached", side=Side.POS, endpoint=endpoint, channel=channel_name)
+    return Attached(
+        session_id=session.pk,
+        tsn=session.device.tsn,
+        replaced=replaced,
+        peer=peer,
+        endpoints=list(session.endpoints),
+    )
+
+
+def _within_session_socket_quota(*, caller: Caller, session: DeviceSession, endpoint: str) -> None:
+    """CC_MAX_SESSION_SOCKETS_PER_CREDENTIAL, counted across the deployment from the rows of
+    live sockets (a dead node's are swept). A socket that replaces the credential's own on
+    the same slot adds none. Attaches to different sessions do not wait for each other, so
+    a burst of them may pass the limit by the few that count at the same instant."""
+    limit = connector_settings.MAX_SESSION_SOCKETS_PER_CREDENTIAL
+    held = (
+        SessionSocket.objects.filter(side=Side.POS, application_id=caller.application_id)
+        .exclude(session=session, endpoint=endpoint)
+        .count()
+    )
+    if held >= limit:
+        raise SocketQuotaExceeded(f"This credential already has {held} POS session sockets open (limit {limit}).")
+
+
+@transaction.atomic
+def socket_reassert(
+    *, session_id: str, side: str, endpoint: str, channel_name: str, node: str, application_id: int | None
+) -> bool:
+    """Write again the row of a socket its node still holds after the row was swept (the
+    node stalled past NODE_TIMEOUT). False when another socket took the slot meanwhile."""
+    now = timezone.now()
+    session = live_session_lock(session_id, now)
+    row = SessionSocket.objects.filter(session=session, side=side, endpoint=endpoint).first()
+    if row is not None:
+        return row.channel_name == channel_name
+    if side == Side.POS and session.claimed_by_id != application_id:
+        raise NotClaimHolder()
+    SessionSocket.objects.create(
+        session=session,
+        side=side,
+        endpoint=endpoint,
+        channel_name=channel_name,
+        node=node,
+        application_id=application_id,
+        connected_at=now,
+    )
+    if side == Side.DEVICE and session.state != State.ONLINE:
+        DeviceSession.objects.filter(pk=session.pk).update(
+            state=State.ONLINE, online_at=now, offline_at=None, node=node, last_seen_at=now
+        )
+        groups.pos_event_after_commit(
+            application_id=session.claimed_by_id, event="device_online", session_id=session.pk, tsn=session.device.tsn
+        )
+    _announce_peer(session_id=session.pk, kind="peer.attached", side=side, endpoint=endpoint, channel=channel_name)
+    return True
+
+
+def socket_channel(*, session_id: str, side: str, endpoint: str) -> str | None:
+    """The channel of the socket holding a session's (side, endpoint) slot, if any."""
+    return (
+        SessionSocket.objects.filter(session_id=session_id, side=side, endpoint=endpoint)
+        .values_list("channel_name", flat=True)
+        .first()
+    )
+
+
+@transaction.atomic
+def socket_detach(*, session_id: str, side: str, endpoint: str, channel_name: str) -> None:
+    """A socket closed. The last device socket gone takes the session offline."""
+    now = timezone.now()
+    session_lock(session_id)
+    deleted, _ = SessionSocket.objects.filter(
+        session_id=session_id, side=side, endpoint=endpoint, channel_name=channel_name
+    ).delete()
+    if not deleted:
+        return  # replaced by a newer socket, or swept: the slot is not ours any more
+    _announce_peer(session_id=session_id, kind="peer.detached", side=side, endpoint=endpoint, channel=channel_name)
+    if side == Side.DEVICE:
+        offline_if_no_device_socket(session_ids=[session_id], now=now)
+
+
+def offline_if_no_device_socket(*, session_ids: list[str], now: datetime) -> list[str]:
+    """Take online sessions without a device socket offline. The callers hold the
+    sessions' locks; the sockets are counted after the lock was granted, so that an attach
+    that committed meanwhile is seen."""
+    online = [s for s in sessions_lock(session_ids) if s.state == State.ONLINE]
+    attached = set(
+        SessionSocket.objects.filter(session_id__in=[s.pk for s in online], side=Side.DEVICE).values_list(
+            "session_id", flat=True
+        )
+    )
+    going = [s for s in online if s.pk not in attached]
+    if not going:
+        return []
+    DeviceSession.objects.filter(pk__in=[s.pk for s in going], state=State.ONLINE).update(
+        state=State.OFFLINE, offline_at=now
+    )
+    for session in going:
+        groups.pos_event_after_commit(
+            application_id=session.claimed_by_id, event="device_offline", session_id=session.pk, tsn=session.device.tsn
+        )
+    return [s.pk for s in going]
+
+
+def _announce_peer(*, session_id: str, kind: str, side: str, endpoint: str, channel: str) -> None:
+    groups.send_after_commit(
+        groups.session_group(session_id), {"type": kind, "side": side, "endpoint": endpoint, "channel": channel}
+    )

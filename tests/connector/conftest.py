@@ -1,0 +1,25 @@
+"""Fixtures of the relay's in-process tests; their helpers are in tests/connector/relay_world.py."""
+
+from __future__ import annotations
+
+import pytest
+from channels.layers import channel_layers
+from django.core.cache import cache
+
+
+@pytest.fixture
+def fresh_state(settings):
+    """Development mode (ws:// URLs, as under `make run`), an empty cache, and a channel layer
+    of the test's own.
+
+    A new in-memory layer per test, also when REDIS_URL is set: its queues belong to the
+    test's event loop. The Redis layer is built for one long-lived loop per process; with a
+    new loop per test, a task of it left at a test's end once kept pytest-asyncio's clean-up
+    waiting forever (PostgreSQL + Redis run). It is exercised across real server processes
+    instead (test_relay_e2e, test_fault_tolerance, test_redis_restart)."""
+    settings.DEBUG = True
+    cache.clear()
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
