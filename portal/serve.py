@@ -32,6 +32,9 @@ import sys
 import time
 from pathlib import Path
 
+# The defaults are the relay's own (connector.conf), read without configuring Django.
+from connector.conf import ConnectorSettings as Defaults
+
 ROOT = Path(__file__).resolve().parent.parent
 RESTART_BACKOFF = (1, 2, 5, 10, 30)
 STOP_TIMEOUT = 30
@@ -75,7 +78,7 @@ def manage(*args: str) -> None:
 
 
 def worker_command(host: str, port: int) -> list[str]:
-    max_message = env_int("CC_MAX_MESSAGE_SIZE", 1024 * 1024)
+    max_message = env_int("CC_MAX_MESSAGE_SIZE", Defaults.MAX_MESSAGE_SIZE)
     return [
         sys.executable,
         "-m",
@@ -106,15 +109,15 @@ def worker_command(host: str, port: int) -> list[str]:
         str(max_message + 1024),
         # §8: a socket that answers no ping within 30 s is closed.
         "--ws-ping-interval",
-        str(env_int("CC_PING_INTERVAL", 10)),
+        str(env_int("CC_PING_INTERVAL", Defaults.PING_INTERVAL)),
         "--ws-ping-timeout",
-        str(env_int("CC_PING_TIMEOUT", 30)),
+        str(env_int("CC_PING_TIMEOUT", int(Defaults.PING_TIMEOUT))),
         "--proxy-headers",
         "--forwarded-allow-ips",
         os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
         "--no-server-header",
         "--timeout-graceful-shutdown",
-        str(env_int("CC_SHUTDOWN_GRACE", 2) + 3),
+        str(env_int("CC_SHUTDOWN_GRACE", int(Defaults.SHUTDOWN_GRACE)) + 3),
     ]
 
 
