@@ -33,7 +33,7 @@ from oauth2_provider.views import RevokeTokenView, TokenView
 from oauthlib.common import Request as OAuthlibRequest
 from oauthlib.oauth2.rfc6749 import errors
 
-from accounts import db_threads
+from accounts import db_threads, metrics
 from accounts.audit import audit_record
 from accounts.credentials import (
     SCOPE_CLOUD_CONNECTOR,
@@ -419,7 +419,21 @@ class TenantTokenView(DomainEndpointMixin, TokenView):
         return await db_threads.run(self.token_answer, request)
 
     def token_answer(self, request: HttpRequest) -> HttpResponse:
-        return self.answer(request, self.create_token_response)
+        with metrics.token_requests.timed() as attempt:
+            response = self.answer(request, self.create_token_response)
+            attempt.outcome = token_outcome(response)
+        return response
+
+
+def token_outcome(response: HttpResponse) -> str:
+    """ "ok", or the RFC 6749 error code of a token endpoint's answer (accounts.metrics)."""
+    if response.status_code < 400:
+        return metrics.OK
+    try:
+        error = json.loads(response.content).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    return error if isinstance(error, str) else "server_error"
 
 
 @method_decorator(csrf_exempt, name="dispatch")

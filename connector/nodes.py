@@ -30,12 +30,14 @@ def node_timeout() -> timedelta:
 
 
 @transaction.atomic
-def node_heartbeat(*, node: str, now: datetime | None = None) -> bool:
-    """Record that a node is alive; False if it had been presumed dead (its rows swept)."""
+def node_heartbeat(*, node: str, now: datetime | None = None, snapshot: dict | None = None) -> bool:
+    """Record that a node is alive, with its figures for the fleet page (connector.fleet's
+    `node_snapshot`); False if it had been presumed dead (its rows swept)."""
     now = now or timezone.now()
-    if NodeHeartbeat.objects.filter(node=node).update(seen_at=now):
+    fields = {"seen_at": now} if snapshot is None else {"seen_at": now, "snapshot": snapshot}
+    if NodeHeartbeat.objects.filter(node=node).update(**fields):
         return True
-    NodeHeartbeat.objects.create(node=node, seen_at=now)
+    NodeHeartbeat.objects.create(node=node, **fields)
     return False
 
 
@@ -54,12 +56,13 @@ class SweepResult:
     went_offline: list[str]
     ended: list[str]
     purged: int
+    nodes_dead: int = 0  # silent nodes whose heartbeat this sweep deleted
 
 
 def sessions_sweep(*, now: datetime | None = None) -> SweepResult:
     """End what is due and forget the sockets of silent nodes; safe to run on every node."""
     now = now or timezone.now()
-    went_offline = _sweep_dead_nodes(now=now)
+    went_offline, nodes_dead = _sweep_dead_nodes(now=now)
     ended = sessions_end(
         session_ids=list(
             DeviceSession.objects.filter(state=State.REGISTERED, jwt_expires_at__lte=now).values_list("pk", flat=True)
@@ -75,19 +78,19 @@ def sessions_sweep(*, now: datetime | None = None) -> SweepResult:
         reason="device_gone",
     )
     purged, _ = DeviceSession.objects.filter(state=State.ENDED, ended_at__lt=now - ended_retention()).delete()
-    return SweepResult(went_offline=went_offline, ended=ended, purged=purged)
+    return SweepResult(went_offline=went_offline, ended=ended, purged=purged, nodes_dead=nodes_dead)
 
 
 @transaction.atomic
-def _sweep_dead_nodes(*, now: datetime) -> list[str]:
+def _sweep_dead_nodes(*, now: datetime) -> tuple[list[str], int]:
     cutoff = now - node_timeout()
     alive = NodeHeartbeat.objects.filter(seen_at__gte=cutoff).values("node")
     dead = SessionSocket.objects.exclude(node__in=alive).filter(connected_at__lt=cutoff)
     sessions = list(dead.values_list("session_id", flat=True).distinct())
     sessions_lock(sessions)
     dead.delete()
-    NodeHeartbeat.objects.filter(seen_at__lt=cutoff).delete()
-    return offline_if_no_device_socket(session_ids=sessions, now=now)
+    nodes_dead, _ = NodeHeartbeat.objects.filter(seen_at__lt=cutoff).delete()
+    return offline_if_no_device_socket(session_ids=sessions, now=now), nodes_dead
 
 
 @transaction.atomic

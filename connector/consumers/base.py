@@ -18,7 +18,7 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
 from accounts import db_threads
-from connector import groups, protocol
+from connector import groups, metrics, protocol
 from connector.conf import connector_settings
 from connector.protocol import Close
 from connector.relay import housekeeping, servers
@@ -43,13 +43,22 @@ async def db(fn, /, *args: Any, key: str | None = None, **kwargs: Any) -> Any:
 
 
 class BaseConsumer(AsyncWebsocketConsumer):
-    """Header access, the origin rule, groups, and closing once."""
+    """Header access, the origin rule, groups, closing once, and the socket's lifecycle in
+    the metrics (`kind`, connector.metrics.KINDS) and the log (one line per event, none per frame)."""
+
+    kind: str | None = None  # None: no route (NotFoundConsumer), not counted
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.closed = False  # no more frames or events: closing, or closed
         self.disconnected = False  # the disconnect handler has run
         self.session_id: str | None = None
+        # What the socket's log lines carry (portal.logs.CONTEXT_FIELDS); never a secret.
+        self.log_fields: dict[str, Any] = {}
+
+    def log(self, message: str, *args: Any, level: int = logging.INFO, **fields: Any) -> None:
+        extra = {"session_id": self.session_id, **self.log_fields, **fields}
+        logger.log(level, f"%s socket: {message}", self.kind or "unrouted", *args, extra=extra)
 
     async def __call__(self, scope, receive, send) -> None:
         try:
@@ -163,7 +172,15 @@ class BaseConsumer(AsyncWebsocketConsumer):
             return
         await super().websocket_connect(message)
 
+    async def accept(self, subprotocol: str | None = None, headers=None) -> None:
+        await super().accept(subprotocol, headers)
+        if self.kind is not None:
+            metrics.socket_opened(kind=self.kind)
+        self.log("opened")
+
     async def websocket_disconnect(self, message: dict) -> None:
+        if not self.closed:  # the server's own closes are logged by close_socket
+            self.log("closed by the client", close_code=message.get("code"))
         self.closed = True
         self.disconnected = True
         registry.remove(self)
@@ -175,17 +192,24 @@ class BaseConsumer(AsyncWebsocketConsumer):
         raise StopConsumer()
 
     async def refuse(self, code: int) -> None:
-        await self.accept()
-        await self.close_socket(code)
+        if self.kind is not None:
+            metrics.socket_refused(kind=self.kind, code=int(code))
+        self.log("refused", close_code=int(code))
+        await super().accept()  # to close it with `code`: not counted as opened
+        await self.close_socket(code, logged=True)
 
     async def join(self, *names: str) -> None:
         self.groups.extend(names)
         await asyncio.gather(*(self.channel_layer.group_add(name, self.channel_name) for name in names))
 
-    async def close_socket(self, code: int) -> None:
+    async def close_socket(self, code: int, *, logged: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
+        if self.kind is not None:
+            metrics.socket_closed(kind=self.kind, code=int(code))
+        if not logged:
+            self.log("closed", close_code=int(code))
         # A plain int: autobahn (daphne) refuses an IntEnum as a close code.
         await servers.close_with(self, int(code))
 

@@ -4,15 +4,18 @@ then closes (1000)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from accounts.credentials import bearer_from_header
 from accounts.errors import DomainError
-from connector import callers, errors, limiter, protocol, registrations, sessions
+from connector import callers, errors, limiter, metrics, protocol, registrations, sessions
 from connector.conf import connector_settings
 from connector.consumers.base import BaseConsumer, db
 from connector.protocol import Close
 from connector.relay import servers
 from connector.relay.tasks import spawn
+
+logger = logging.getLogger(__name__)
 
 
 async def _answer_registration(*, text: str | None, bearer: str | None, address: str, base_url: str) -> str:
@@ -25,25 +28,46 @@ async def _answer_registration(*, text: str | None, bearer: str | None, address:
     secret is checked."""
     flow_id = None
     credentials = None
-    try:
-        request = protocol.parse_request(text)
-        flow_id = request.flow_id
-        resource = request.resource
-        tsn = protocol.parse_tsn(resource.get("tsn"))
-        endpoints = protocol.validate_endpoints(resource.get("endpoints"))
-        credentials = protocol.parse_registration_data(resource.get("custom_registration_data"))
-        if credentials is None and bearer is None:
-            raise protocol.ProtocolError("No credentials: send custom_registration_data or an Authorization header.")
-        registration = await _register(credentials, bearer, address=address, tsn=tsn, endpoints=endpoints)
-    except DomainError as error:
-        if isinstance(error, protocol.ProtocolError) and error.flow_id is not None:
-            flow_id = error.flow_id
-        if error.code == errors.InvalidClient.code:
+    tsn = None
+    with metrics.registrations.timed() as attempt:
+        try:
+            request = protocol.parse_request(text)
+            flow_id = request.flow_id
+            resource = request.resource
+            tsn = protocol.parse_tsn(resource.get("tsn"))
+            endpoints = protocol.validate_endpoints(resource.get("endpoints"))
+            credentials = protocol.parse_registration_data(resource.get("custom_registration_data"))
+            if credentials is None and bearer is None:
+                raise protocol.ProtocolError(
+                    "No credentials: send custom_registration_data or an Authorization header."
+                )
+            registration = await _register(credentials, bearer, address=address, tsn=tsn, endpoints=endpoints)
+        except DomainError as error:
+            if isinstance(error, protocol.ProtocolError) and error.flow_id is not None:
+                flow_id = error.flow_id
             client_id = credentials.client_id if credentials is not None else None
-            wait = await db(limiter.registration_failed, address=address, client_id=client_id)
-            if wait is not None:
-                error = errors.RateLimited(retry_after=wait)
-        return protocol.error_response(flow_id, protocol.translate(error))
+            if error.code == errors.InvalidClient.code:
+                wait = await db(limiter.registration_failed, address=address, client_id=client_id)
+                if wait is not None:
+                    error = errors.RateLimited(retry_after=wait)
+            wire = protocol.translate(error)
+            attempt.outcome = wire.error
+            logger.info(
+                "registration refused: %s",
+                wire.error,
+                extra={"flow_id": flow_id, "tsn": tsn, "client_id": client_id, "event": "registration"},
+            )
+            return protocol.error_response(flow_id, wire)
+    logger.info(
+        "registration answered",
+        extra={
+            "session_id": registration.session_id,
+            "tsn": registration.tsn,
+            "flow_id": flow_id,
+            "client_id": credentials.client_id if credentials is not None else None,
+            "event": "registration",
+        },
+    )
     return protocol.ok_response(
         flow_id,
         session_id=registration.session_id,
@@ -81,6 +105,8 @@ async def _register(
 
 class DeviceListenerConsumer(BaseConsumer):
     """`device-listener`: one registration request, one response, then close (1000)."""
+
+    kind = "device_listener"
 
     async def connect(self) -> None:
         servers.server_socket_tune(self, max_message=protocol.CONTROL_MESSAGE_LIMIT)

@@ -4,14 +4,18 @@ closing on revocation)."""
 
 from __future__ import annotations
 
+import logging
+
 from accounts.credentials import bearer_from_header
 from accounts.errors import DomainError
-from connector import callers, groups, protocol, selectors, sessions
+from connector import callers, groups, metrics, protocol, selectors, sessions
 from connector.conf import connector_settings
 from connector.consumers.base import BaseConsumer, db
 from connector.protocol import Close
 from connector.relay import servers
 from connector.relay.registry import registry
+
+logger = logging.getLogger(__name__)
 
 # pos-listener answers (a `devices` answer for a large scope) may be far bigger than requests.
 LISTENER_SERVER_LIMIT = 16 * 1024 * 1024
@@ -29,8 +33,7 @@ def _pos_request(*, text: str | None, raw_token: str, base_url: str) -> str | No
         flow_id = request.flow_id
         action = request.resource.get("action")
         if action == "claim":
-            tsn, force = protocol.parse_claim(request.resource)
-            claim = sessions.session_claim(caller=caller, tsn=tsn, force=force)
+            claim = _claim(caller=caller, request=request)
             return protocol.ok_response(
                 flow_id,
                 session_id=claim.session_id,
@@ -49,6 +52,22 @@ def _pos_request(*, text: str | None, raw_token: str, base_url: str) -> str | No
         if isinstance(error, protocol.ProtocolError) and error.flow_id is not None:
             flow_id = error.flow_id
         return protocol.error_response(flow_id, protocol.translate(error))
+
+
+def _claim(*, caller: callers.Caller, request: protocol.Request) -> sessions.Claim:
+    """A claim, timed and counted by outcome (connector.metrics.claims), and logged."""
+    tsn = None
+    fields = {"flow_id": request.flow_id, "client_id": caller.client_id, "event": "claim"}
+    with metrics.claims.timed() as attempt:
+        try:
+            tsn, force = protocol.parse_claim(request.resource)
+            claim = sessions.session_claim(caller=caller, tsn=tsn, force=force)
+        except DomainError as error:
+            attempt.outcome = protocol.translate(error).error
+            logger.info("claim refused: %s", attempt.outcome, extra={"tsn": tsn, **fields})
+            raise
+    logger.info("claim granted", extra={"session_id": claim.session_id, "tsn": claim.tsn, **fields})
+    return claim
 
 
 ONLINE_EVENTS = ("device_online", "device_offline")
@@ -73,6 +92,7 @@ class PosCaller:
         except DomainError as error:
             await self.refuse(protocol.translate(error).close_code)
             return False
+        self.log_fields["client_id"] = self.caller.client_id
         return True
 
     async def credential_revoked(self, message: dict) -> None:
@@ -86,6 +106,8 @@ class PosCaller:
 class PosListenerConsumer(PosCaller, BaseConsumer):
     """`pos-listener`: claim, release and devices requests; §5's events for the claims the
     credential holds. A malformed request gets a 400 and the socket stays open."""
+
+    kind = "pos_listener"
 
     async def connect(self) -> None:
         # The server's limit binds answers too, and a `devices` answer for a large scope is

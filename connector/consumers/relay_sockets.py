@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import Any
 
 from channels.exceptions import ChannelFull
 
 from accounts.credentials import bearer_from_header
 from accounts.errors import DomainError
-from connector import groups, nodes, protocol, session_sockets, sessions, tokens
+from connector import groups, metrics, nodes, protocol, session_sockets, sessions, tokens
 from connector.conf import connector_settings
 from connector.consumers.base import BaseConsumer, db
 from connector.consumers.pos_listener import PosCaller
@@ -46,6 +47,8 @@ class RelayConsumer(BaseConsumer):
         self.max_size = connector_settings.MAX_MESSAGE_SIZE
         self.max_buffer = connector_settings.MAX_SOCKET_BUFFER
         self.buffer: servers.SocketBuffer | None = None
+        # Why the last frame could not be handed over, when not for want of a peer (metrics).
+        self.drop_reason: str | None = None
 
     async def websocket_connect(self, message: dict) -> None:
         servers.server_socket_tune(self, max_message=self.max_size)
@@ -73,10 +76,11 @@ class RelayConsumer(BaseConsumer):
         """The end of both sides' connect: the URL's endpoint (4404), the groups, the
         session's attach (`attach_fn`, with the caller's `identity`) and the accept."""
         self.endpoint = self.endpoint_from_url()
+        self.session_id = session_id
+        self.log_fields["endpoint"] = self.endpoint
         if self.endpoint is None:
             await self.refuse(Close.NOT_FOUND)
             return
-        self.session_id = session_id
         await self.join(*group_names)
         try:
             place = await db(
@@ -91,6 +95,7 @@ class RelayConsumer(BaseConsumer):
         except DomainError as error:
             await self.refuse(protocol.translate(error).close_code)
             return
+        self.log_fields["tsn"] = place.tsn
         await self.accept()
         await self.attached_to(place)
 
@@ -152,17 +157,26 @@ class RelayConsumer(BaseConsumer):
                 await self.close_socket(Close.TOO_BIG)
                 return
             out = {"type": "websocket.send", "text": text}
+            size = len(text) if text.isascii() else len(text.encode())
         else:
             data = message.get("bytes") or b""
             if len(data) > self.max_size:
                 await self.close_socket(Close.TOO_BIG)
                 return
             out = {"type": "websocket.send", "bytes": data}
+            size = len(data)
         if await self.forward(out):
+            self.relayed(size)
             return
         if self.peer_channel is None and await self.look_up_peer() and await self.forward(out):
+            self.drop_reason = None
+            self.relayed(size)
             return
         await self.undeliverable()
+
+    def relayed(self, size: int) -> None:
+        """Count a frame of `size` bytes handed to the peer (connector.metrics.frames)."""
+        raise NotImplementedError
 
     async def forward(self, out: dict) -> bool:
         """Hand a frame to the known peer: in process, or through the channel layer."""
@@ -173,20 +187,28 @@ class RelayConsumer(BaseConsumer):
                     if await peer.send_frame(out):
                         self.counter.relayed += 1
                         return True
+                    self.drop_reason = "slow_peer"
                 except Exception:  # noqa: BLE001 - the peer's socket died under us
                     logger.debug("local peer %s is gone", peer.channel_name)
             self.set_peer(None)
             return False
         if self.peer_channel is None:
             return False
+        started = time.perf_counter()
         try:
             await self.channel_layer.send(self.peer_channel, {**out, "type": "relay.frame"})
         except LayerUnavailable:
+            metrics.layer.unavailable += 1
+            self.drop_reason = "channel_layer"
             logger.warning("Redis is unreachable; frame for %s not delivered", self.peer_channel)
             return False
         except ChannelFull:
+            metrics.layer.full += 1
+            self.drop_reason = "channel_layer"
             logger.warning("peer %s is not keeping up; frame not delivered", self.peer_channel)
             return False
+        finally:
+            metrics.layer_send.observe(time.perf_counter() - started)
         self.counter.relayed += 1
         return True
 
@@ -220,7 +242,8 @@ class RelayConsumer(BaseConsumer):
             return
         key = "text" if "text" in message else "bytes"
         try:
-            await self.send_frame({"type": "websocket.send", key: message[key]})
+            if not await self.send_frame({"type": "websocket.send", key: message[key]}):
+                metrics.frames.dropped_slow_peer += 1  # its sender, on another process, cannot know
         except Exception:  # noqa: BLE001 - the client vanished; its disconnect follows
             logger.debug("socket %s is gone; frame from another process not delivered", self.channel_name)
 
@@ -266,10 +289,10 @@ class RelayConsumer(BaseConsumer):
 
     # -- closing
 
-    async def close_socket(self, code: int) -> None:
+    async def close_socket(self, code: int, *, logged: bool = False) -> None:
         if not self.closed:
             registry.remove(self)
-        await super().close_socket(code)
+        await super().close_socket(code, logged=logged)
 
     async def disconnect(self, code: int) -> None:
         self.closed = True
@@ -301,6 +324,8 @@ def _detach(*, session_id: str, side: str, endpoint: str, channel_name: str, del
 class DeviceSocketConsumer(RelayConsumer):
     """`device/<session_id>[/<endpoint>]`, authorized by the registration's JWT (§4)."""
 
+    kind = "device"
+
     side = sessions.Side.DEVICE
     peer_side = sessions.Side.POS
     # A terminal that does not take what the POS sends: "try again later" (v1.1 §17), so that
@@ -326,13 +351,26 @@ class DeviceSocketConsumer(RelayConsumer):
             device_id=claims.device_id,
         )
 
+    def relayed(self, size: int) -> None:
+        metrics.frames.to_pos += 1
+        metrics.frames.bytes_to_pos += size
+
     async def undeliverable(self) -> None:
         # §7: nobody listens on this endpoint; the terminal's own protocol notices.
         self.counter.dropped += 1
+        reason, self.drop_reason = self.drop_reason, None
+        if reason == "slow_peer":
+            metrics.frames.dropped_slow_peer += 1
+        elif reason == "channel_layer":
+            metrics.frames.dropped_channel_layer += 1
+        else:
+            metrics.frames.dropped_no_peer += 1
 
 
 class PosSessionConsumer(PosCaller, RelayConsumer):
     """`session/<session_id>[/<endpoint>]`, for the credential holding the claim (§6)."""
+
+    kind = "session"
 
     side = sessions.Side.POS
     peer_side = sessions.Side.DEVICE
@@ -350,8 +388,13 @@ class PosSessionConsumer(PosCaller, RelayConsumer):
             caller=self.caller,
         )
 
+    def relayed(self, size: int) -> None:
+        metrics.frames.to_device += 1
+        metrics.frames.bytes_to_device += size
+
     async def undeliverable(self) -> None:
-        # §7: a POS frame is never dropped silently.
+        # §7: a POS frame is never dropped silently (socket_closes_total{code="4503"}).
+        self.drop_reason = None
         await self.close_socket(Close.PEER_UNAVAILABLE)
 
     async def claim_changed(self, message: dict) -> None:

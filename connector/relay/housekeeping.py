@@ -21,7 +21,7 @@ import logging
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from connector import nodes
+from connector import fleet, metrics, nodes
 from connector.conf import connector_settings
 from connector.relay import recovery, shutdown
 from connector.relay.registry import NODE, flush_counters, registry
@@ -52,11 +52,12 @@ async def _housekeep() -> None:
         try:
             if since_sweep >= sweep_every:
                 since_sweep = 0.0
-                alive = await database_sync_to_async(nodes.node_heartbeat)(node=NODE)
+                alive = await _heartbeat()
                 if beaten and not alive:
                     await _presumed_dead()
                 beaten = True
-                await database_sync_to_async(nodes.sessions_sweep)()
+                swept = await database_sync_to_async(nodes.sessions_sweep)()
+                metrics.nodes_presumed_dead(swept.nodes_dead)
                 await recovery.check_channel_layer()
             await flush_counters()
             registry.forget_idle_counters()
@@ -68,11 +69,34 @@ async def _housekeep() -> None:
         since_sweep += flush_every
 
 
+async def _heartbeat() -> bool:
+    """Write this node's heartbeat with its snapshot (read here, on the loop: the metric
+    sources read the registry) and its refusals of the last minutes (connector.fleet)."""
+    snapshot = fleet.node_snapshot()
+    try:
+        alive = await database_sync_to_async(_beat)(snapshot=snapshot)
+    except Exception:
+        metrics.heartbeat_recorded(ok=False)
+        raise
+    metrics.heartbeat_recorded(ok=True)
+    return alive
+
+
+def _beat(*, snapshot: dict) -> bool:
+    alive = nodes.node_heartbeat(node=NODE, snapshot=snapshot)
+    try:
+        fleet.refusals_flush(node=NODE)
+    except Exception:  # noqa: BLE001 - the tallies are kept for the next heartbeat; `alive` matters more
+        logger.exception("could not write refusal tallies")
+    return alive
+
+
 async def _presumed_dead() -> None:
     # Another node swept our sockets' rows away while this one was stalled (or the rows
     # were deleted): write them again, so that peers on other nodes find them and the
     # sessions are online again; a socket whose slot or session is gone meanwhile closes.
     logger.warning("node %s was presumed dead; re-asserting its %d sockets", NODE, len(registry.sockets))
+    metrics.node_reasserted()
     for sock in list(registry.sockets.values()):
         reassert = getattr(sock, "reassert", None)
         if reassert is not None:

@@ -34,6 +34,7 @@ import redis.exceptions
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer as StockRedisChannelLayer
 
+from connector import metrics
 from connector.relay.broker import Broker, LayerUnavailable
 from connector.relay.redis_scripts import POP_BATCH_SCRIPT, SCRIPT_SHAS, SEND_SCRIPT, run_script
 from connector.relay.tasks import task_of_loop
@@ -138,6 +139,7 @@ class RedisChannelLayer(StockRedisChannelLayer):
         self.recovery_needed = True
         if self.down_since is None:
             self.down_since = time.monotonic()
+            metrics.redis.went_down()
             logger.warning(
                 "Redis unreachable (%s: %s): sockets stay open; frames between processes and control "
                 "events wait for it",
@@ -149,6 +151,7 @@ class RedisChannelLayer(StockRedisChannelLayer):
         if self.down_since is not None:
             logger.warning("Redis answers again after %.1f s", time.monotonic() - self.down_since)
             self.down_since = None
+            metrics.redis.came_back()
 
     async def reachable(self) -> None:
         """Return once every Redis host answers PING."""

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
 
-from connector import nodes
+from connector import metrics, nodes
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,19 @@ class Registry:
             counter.relayed += relayed
             counter.dropped += dropped
 
+    def sockets_open(self) -> dict[str, int]:
+        """This process's open sockets by kind (connector.metrics' `sockets_open` source)."""
+        counts = dict.fromkeys(metrics.KINDS, 0)
+        for sock in self.sockets.values():
+            kind = getattr(sock, "kind", None)
+            if kind in counts:
+                counts[kind] += 1
+        return counts
+
+    def sessions_held(self) -> int:
+        """Sessions with at least one attached socket on this process (`sessions_held`)."""
+        return len({sock.session_id for sock in self.sockets.values() if getattr(sock, "attached", False)})
+
     def forget_idle_counters(self) -> None:
         busy = {sock.session_id for sock in self.sockets.values()}
         for key in [key for key, c in self.counters.items() if key not in busy and not (c.relayed or c.dropped)]:
@@ -128,6 +141,13 @@ class Registry:
 
 
 registry = Registry()
+metrics.register_source("sockets_open", registry.sockets_open)
+metrics.register_source("sessions_held", registry.sessions_held)
+
+
+def shutting_down() -> bool:
+    """Whether this process is draining (portal.health's readiness asks, see portal.apps)."""
+    return registry.shutting_down
 
 
 async def notify(channel_name: str | None, message: dict[str, Any], channel_layer) -> None:

@@ -249,6 +249,7 @@ def test_a_live_servers_log_is_json_lines_without_any_secret_it_was_given(json_s
     # A client that puts its token in the query string: uvicorn's access log line has it.
     assert requests.get(f"{json_server.http_url}/api/v1/stores/?access_token={token}", timeout=10).status_code == 401
     secrets_used = {client_secret, client_secret + "x", token, basic_credentials(client_id, client_secret).split()[1]}
+    claimed: dict[str, str] = {}
 
     async def scenario() -> None:
         registration = await register(
@@ -265,6 +266,7 @@ def test_a_live_servers_log_is_json_lines_without_any_secret_it_was_given(json_s
         )
         async with terminal, PosClient(json_server.ws_url, token=token) as pos_client:
             claim = await pos_client.claim(device.serial)
+            claimed.update(session_id=claim.session_id, tsn=claim.tsn)
             session = await pos_client.open_session(claim, "/upp/v1/transaction")
             await session.send('{"request": {"flow_id": "1", "resource": {"type": "sale", "amount": 5}}}')
             await session.recv(timeout=10)
@@ -283,3 +285,21 @@ def test_a_live_servers_log_is_json_lines_without_any_secret_it_was_given(json_s
         assert secret not in written
     access = [json.loads(line) for line in lines if json.loads(line)["logger"] == "uvicorn.access"]
     assert any("access_token=[scrubbed]" in record["message"] for record in access), access
+    records = [json.loads(line) for line in lines]
+    # One line per socket lifecycle event, with the session and the terminal it is about.
+    opened = {record["message"]: record for record in records if record["message"].endswith("socket: opened")}
+    for kind in ("device", "session"):
+        line = opened[f"{kind} socket: opened"]
+        assert line["session_id"] == claimed["session_id"] and line["tsn"] == claimed["tsn"], line
+        assert line["endpoint"] == "/upp/v1/transaction"
+    assert opened["session socket: opened"]["client_id"] == client_id
+    assert opened["pos_listener socket: opened"]["client_id"] == client_id
+    closes = [record for record in records if "socket: closed" in record["message"]]
+    assert any(record.get("session_id") == claimed["session_id"] and "close_code" in record for record in closes)
+    granted = [record for record in records if record["message"] == "claim granted"]
+    assert granted and granted[0]["tsn"] == claimed["tsn"] and granted[0]["session_id"] == claimed["session_id"]
+    registered = [record for record in records if record["message"] == "registration answered"]
+    assert registered
+    assert all(record["tsn"] == claimed["tsn"] and record["client_id"] == client_id for record in registered)
+    # None per frame: the frames relayed leave no line of their own.
+    assert not [record for record in records if "frame" in record["message"] and record["level"] == "INFO"]

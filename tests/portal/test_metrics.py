@@ -95,9 +95,16 @@ def nothing_reused_from_an_earlier_scrape() -> None:
 
 @pytest.fixture
 def sources() -> Iterator[None]:
+    # The relay's registry registers its sources at import: the test's own replace them, and
+    # the registry's are put back after it.
+    registered = {name: metrics._sources[name] for name in metrics.SOURCES if name in metrics._sources}
+    for name in metrics.SOURCES:
+        metrics.unregister_source(name)
     yield
     for name in metrics.SOURCES:
         metrics.unregister_source(name)
+    for name, read in registered.items():
+        metrics.register_source(name, read)
 
 
 @pytest.mark.django_db
