@@ -7,6 +7,7 @@ from typing import Any
 from django.db import models
 
 from accounts.models import AuditEntry
+from accounts.prepared import insert
 from accounts.scope import Principal
 
 
@@ -18,13 +19,17 @@ def audit_record(
     tenant_id: int | None,
     data: dict[str, Any] | None = None,
 ) -> AuditEntry:
-    return AuditEntry.objects.create(
-        actor_user_id=actor.user_id,
-        actor=actor.label[:200],
-        action=action,
-        object_type=obj._meta.model_name,
-        object_id=str(obj.pk or ""),
-        object_repr=str(obj)[:200],
-        tenant_id=tenant_id,
-        data=data or {},
+    # Inserted with SQL built once (accounts.prepared.insert): the relay records a session's
+    # start and its claims on its busiest paths.
+    return insert(
+        AuditEntry(
+            actor_user_id=actor.user_id,
+            actor=actor.label[:200],
+            action=action,
+            object_type=obj._meta.model_name,
+            object_id=str(obj.pk or ""),
+            object_repr=str(obj)[:200],
+            tenant_id=tenant_id,
+            data=data or {},
+        )
     )

@@ -1,4 +1,5 @@
-"""Read queries compiled once and sent again with other values: the relay's busiest reads.
+"""Queries compiled once and sent again with other values: the relay's busiest reads, and
+its inserts (`insert`, at the end).
 
 The ORM builds and compiles a queryset on every call. For the reads done on every socket
 and request of the relay (an access token with its credential, a client, a device with
@@ -24,7 +25,7 @@ from typing import Any
 
 from django.core.exceptions import EmptyResultSet
 from django.db import connections
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 
 _TAG = f"\u2063cc-marker-{secrets.token_hex(8)}-"
 _serial = itertools.count(1)
@@ -53,7 +54,9 @@ class _Compiled:
     alias: str
     sql: str
     params: tuple
-    slots: tuple[tuple[int, str], ...]  # (parameter index, flat name of the value)
+    # (parameter index, flat name of the value, the parameter's type when the backend wraps
+    # an integer in one: psycopg's Int8 for a bigint column on PostgreSQL)
+    slots: tuple[tuple[int, str, type | None], ...]
     names: tuple[str, ...]
     converters: tuple[tuple[int, tuple[list, Any]], ...]
 
@@ -87,8 +90,8 @@ class Prepared:
             return list(self.build(shape, **values))
         flat = _flatten(values)
         params = list(compiled.params)
-        for index, name in compiled.slots:
-            params[index] = flat[name]
+        for index, name, wrapper in compiled.slots:
+            params[index] = flat[name] if wrapper is None else wrapper(flat[name])
         connection = connections[compiled.alias]
         with connection.cursor() as cursor:
             cursor.execute(compiled.sql, params)
@@ -116,12 +119,12 @@ class Prepared:
         by_marker = {marker: name for name, marker in _flatten(markers).items()}
         slots = []
         for index, param in enumerate(params):
-            name = by_marker.get(param) if type(param) in (str, int) else None
+            name, wrapper = _marker_name(param, by_marker)
             if name is not None:
-                slots.append((index, name))
+                slots.append((index, name, wrapper))
             elif _holds_marker(param, by_marker):
                 return _ORM
-        found = {name.split("#", 1)[0] for _index, name in slots}
+        found = {name.split("#", 1)[0] for _index, name, _wrapper in slots}
         written = _TAG in sql or any(type(m) is int and str(m) in sql for m in by_marker)
         if written or not self.required <= found:
             return _ORM
@@ -162,11 +165,89 @@ def _flatten(values: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def _marker_name(param: Any, by_marker: dict[Any, str]) -> tuple[str | None, type | None]:
+    """The value a parameter stands for, if it is one of the markers as it was put in, and
+    the integer type the backend wrapped it in (None: a plain str or int)."""
+    if type(param) is str or type(param) is int:
+        return by_marker.get(param), None
+    if isinstance(param, int) and not isinstance(param, bool):
+        name = by_marker.get(int(param))
+        return (name, type(param)) if name is not None else (None, None)
+    return None, None
+
+
 def _holds_marker(value: Any, by_marker: dict[Any, str]) -> bool:
     if isinstance(value, str):
         return _TAG in value
-    if type(value) is int:
-        return value in by_marker
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value) in by_marker
     if isinstance(value, list | tuple | set | frozenset):
         return any(_holds_marker(item, by_marker) for item in value)
     return False
+
+
+# --- inserts --------------------------------------------------------------------------------
+
+_insert_sql: dict[tuple, tuple[str, bool]] = {}
+
+
+def insert(obj: Model, *, using: str = "default") -> Model:
+    """INSERT `obj` as `obj.save(force_insert=True)` would, with the SQL built once per model
+    and database instead of compiled by the ORM on every call (the relay inserts a session,
+    its sockets and an audit entry on every registration and connect).
+
+    Each field's value goes through its own `pre_save` (auto_now_add, defaults already set by
+    the model's __init__) and `get_db_prep_save` (JSON, datetimes), as the ORM does. No
+    `pre_save`/`post_save` signal is sent: use it only for models nobody listens to (the
+    test of this function names them). An IntegrityError comes out as from `save()`."""
+    meta = obj._meta
+    connection = connections[using]
+    pk = meta.pk
+    generated = pk.db_returning and obj.pk is None  # an AutoField the database numbers
+    fields = [field for field in meta.local_concrete_fields if not (generated and field is pk)]
+    key = (meta.label, using, generated)
+    cached = _insert_sql.get(key)
+    if cached is None:
+        quote = connection.ops.quote_name
+        columns = ", ".join(quote(field.column) for field in fields)
+        placeholders = ", ".join(["%s"] * len(fields))
+        sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({placeholders})"
+        returning = generated and connection.features.can_return_columns_from_insert
+        if returning:
+            sql += f" RETURNING {quote(meta.db_table)}.{quote(pk.column)}"
+        cached = _insert_sql[key] = (sql, returning)
+    sql, returning = cached
+    values = [field.get_db_prep_save(field.pre_save(obj, add=True), connection) for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        if generated:
+            new_pk = (
+                cursor.fetchone()[0] if returning else connection.ops.last_insert_id(cursor, meta.db_table, pk.column)
+            )
+            setattr(obj, pk.attname, new_pk)
+    obj._state.adding = False
+    obj._state.db = using
+    return obj
+
+
+_update_sql: dict[tuple, str] = {}
+
+
+def update(model: type[Model], pk: Any, /, *, using: str = "default", **values: Any) -> int:
+    """`model.objects.filter(pk=pk).update(**values)` with the SQL built once per model and set
+    of fields instead of compiled by the ORM on every call; values are plain values (no
+    expressions), each through its field's `get_db_prep_save`. Returns the rows changed."""
+    meta = model._meta
+    connection = connections[using]
+    fields = [meta.get_field(name) for name in values]
+    key = (meta.label, using, tuple(values))
+    sql = _update_sql.get(key)
+    if sql is None:
+        quote = connection.ops.quote_name
+        assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+        sql = _update_sql[key] = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"
+    params = [field.get_db_prep_save(value, connection) for field, value in zip(fields, values.values(), strict=True)]
+    params.append(meta.pk.get_db_prep_value(pk, connection))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount

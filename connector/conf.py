@@ -87,6 +87,11 @@ class ConnectorSettings:
     MAX_LISTENERS_PER_CREDENTIAL: int = 20
     #: POS session sockets one credential may hold across the deployment; past them 4429.
     MAX_SESSION_SOCKETS_PER_CREDENTIAL: int = 256
+    #: Admission (connector.relay.admission): a worker admits new sockets while its control
+    #: operations in flight stay under max(ADMISSION_MIN_PENDING, its completion rate ×
+    #: ADMISSION_MAX_WAIT seconds) and sheds the rest with 1013 and a retry hint. 0: off.
+    ADMISSION_MIN_PENDING: int = 64
+    ADMISSION_MAX_WAIT: float = 2.0
 
 
 KEYS = frozenset(f.name for f in fields(ConnectorSettings))

@@ -52,7 +52,23 @@ def listener_group(application_id: int) -> str:
     return f"cc.listener.{application_id}"
 
 
+class Channel(str):
+    """One socket's channel name as the target of an event, in place of a group: an event
+    only one socket acts on (a peer attached or left) costs one `send`, where a group send
+    costs a read of the group's members and a delivery to each, the sender included."""
+
+    __slots__ = ()
+
+
+async def _send(layer: Any, target: str, message: dict) -> None:
+    if isinstance(target, Channel):
+        await layer.send(target, message)
+    else:
+        await layer.group_send(target, message)
+
+
 def send_now(group: str, message: dict) -> None:
+    """Send `message` to a group (or a `Channel`) now, or keep it for the caller's `deliver`."""
     outbox = getattr(_collecting, "outbox", None)
     if outbox is not None:
         outbox.append((group, message))
@@ -61,7 +77,7 @@ def send_now(group: str, message: dict) -> None:
     if layer is None:
         return
     try:
-        async_to_sync(layer.group_send)(group, message)
+        async_to_sync(_send)(layer, group, message)
     except Exception:  # noqa: BLE001 - a committed change must not fail because a layer hiccuped
         logger.exception("could not deliver %s to %s", message.get("type"), group)
 
@@ -131,7 +147,7 @@ async def deliver(events: list[tuple[str, dict]]) -> None:
         return
     for group, message in events:
         try:
-            await layer.group_send(group, message)
+            await _send(layer, group, message)
         except Exception:  # noqa: BLE001 - the change is committed; a layer hiccup must not undo the caller
             logger.exception("could not deliver %s to %s", message.get("type"), group)
 

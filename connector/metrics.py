@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from django.db import close_old_connections
 from django.db.models import Count, Q
@@ -141,10 +142,32 @@ def socket_refused(*, kind: str, code: int) -> None:
     account_metrics.refusals.add(f"{kind}_socket:{code if code in CLOSE_CODES else 'other'}")
 
 
+# The control path's database calls (connector.consumers.base.db), their children created
+# here once: a label child made on first use takes the family's lock and allocates while
+# sockets are busy; an operation not listed gets its child on first use all the same.
+DB_OPERATIONS = (
+    "device_register_with_client",
+    "device_register_checked",
+    "device_register_with_token",
+    "registration_failed",
+    "device_socket_attach",
+    "pos_socket_attach",
+    "detach",
+    "socket_channel",
+    "socket_reassert",
+    "pos_request",
+    "caller_from_bearer",
+)
+_db_children: dict[str, Any] = {name: _db_seconds.labels(name) for name in DB_OPERATIONS}
+
+
 def db_observe(*, operation: str, seconds: float) -> None:
     """Time of one database call of the control path; `operation` is the function's name (a
     label: never anything a client chose)."""
-    _db_seconds.labels(operation).observe(seconds)
+    child = _db_children.get(operation)
+    if child is None:
+        child = _db_children[operation] = _db_seconds.labels(operation)
+    child.observe(seconds)
 
 
 def heartbeat_recorded(*, ok: bool, at: float | None = None) -> None:

@@ -17,6 +17,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from connector import groups
 from connector.conf import connector_settings
 from connector.models import DeviceSession, NodeHeartbeat, SessionSocket
 from connector.selectors import ended_retention
@@ -42,13 +43,35 @@ def node_heartbeat(*, node: str, now: datetime | None = None, snapshot: dict | N
 
 
 def node_forget(*, node: str) -> None:
-    """A node shuts down cleanly: its sockets are gone."""
+    """A node shuts down cleanly: its sockets are gone, all forgotten in one transaction (its
+    sockets skip their own detach while it shuts down: connector.consumers.relay_sockets).
+    A peer socket on another node hears `peer.detached`, as from a detach, so that its next
+    frame finds no peer (§7) instead of going to a channel nobody reads."""
     with transaction.atomic():
-        sessions = list(SessionSocket.objects.filter(node=node).values_list("session_id", flat=True).distinct())
+        mine = list(
+            SessionSocket.objects.filter(node=node).values_list("session_id", "side", "endpoint", "channel_name")
+        )
+        sessions = sorted({row[0] for row in mine})
         sessions_lock(sessions)
         SessionSocket.objects.filter(node=node).delete()
         NodeHeartbeat.objects.filter(node=node).delete()
+        _tell_peers_elsewhere(mine)
         offline_if_no_device_socket(session_ids=sessions, now=timezone.now())
+
+
+def _tell_peers_elsewhere(gone: list[tuple[str, str, str, str]]) -> None:
+    """`peer.detached` to the sockets left on the other side of the endpoints of `gone`
+    (session id, side, endpoint, channel), read after those rows were deleted."""
+    by_slot = {(session_id, endpoint, side): channel for session_id, side, endpoint, channel in gone}
+    peers = SessionSocket.objects.filter(session_id__in={row[0] for row in gone}).values_list(
+        "session_id", "side", "endpoint", "channel_name"
+    )
+    for session_id, side, endpoint, channel in peers:
+        other = SessionSocket.Side.POS if side == SessionSocket.Side.DEVICE else SessionSocket.Side.DEVICE
+        left = by_slot.get((session_id, endpoint, other))
+        if left is not None:
+            event = {"type": "peer.detached", "side": other, "endpoint": endpoint, "channel": left}
+            groups.send_after_commit(groups.Channel(channel), event)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@ node (serving process) holding the socket. A new socket on a slot replaces the o
 The first device socket takes a session online and the last one gone takes it offline;
 every function locks the session row first (connector.sessions.sessions_lock), then the
 socket rows. Events go out after commit: `peer.attached` / `peer.detached` to the
-session's sockets, and `device_online`, `device_offline` and `device_replaced` (v1.1 §12)
-to the claim holder's listeners.
+socket on the other side of the endpoint, when there is one (the only socket that acts
+on them: none is sent while a terminal attaches with no POS socket open), and
+`device_online`, `device_offline` and `device_replaced` (v1.1 §12) to the claim holder's
+listeners.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.prepared import Prepared, insert, update
 from connector import groups
 from connector.callers import Caller
 from connector.conf import connector_settings
@@ -36,6 +39,14 @@ class Attached:
     endpoints: list[str] = field(default_factory=list)
 
 
+_slot_rows = Prepared(
+    lambda _shape, *, session_id, endpoint: SessionSocket.objects.filter(
+        session_id=session_id, endpoint=endpoint
+    ).values("pk", "side", "channel_name"),
+    required=["session_id", "endpoint"],
+)
+
+
 def _take_slot(
     *, session: DeviceSession, side: str, endpoint: str, channel_name: str, node: str, **extra
 ) -> tuple[str | None, str | None]:
@@ -43,18 +54,16 @@ def _take_slot(
     Returns the channel it took the slot from, if any, and the peer's channel (the other
     side's socket on the endpoint), both read in one query."""
     slots = {
-        row_side: (pk, channel)
-        for pk, row_side, channel in SessionSocket.objects.filter(session=session, endpoint=endpoint).values_list(
-            "pk", "side", "channel_name"
-        )
+        row["side"]: (row["pk"], row["channel_name"])
+        for row in _slot_rows.rows(None, session_id=session.pk, endpoint=endpoint)
     }
     values = {"channel_name": channel_name, "node": node, "connected_at": timezone.now(), **extra}
     existing = slots.get(side)
     peer = next((channel for row_side, (_pk, channel) in slots.items() if row_side != side), None)
     if existing is None:
-        SessionSocket.objects.create(session=session, side=side, endpoint=endpoint, **values)
+        insert(SessionSocket(session=session, side=side, endpoint=endpoint, **values))
         return None, peer
-    SessionSocket.objects.filter(pk=existing[0]).update(**values)
+    update(SessionSocket, existing[0], **values)
     return (existing[1] if existing[1] != channel_name else None), peer
 
 
@@ -87,10 +96,8 @@ def device_socket_attach(*, session_id: str, device_id: int, endpoint: str, chan
         groups.pos_event_after_commit(
             application_id=session.claimed_by_id, event="device_online", session_id=session.pk, tsn=session.device.tsn
         )
-    DeviceSession.objects.filter(pk=session.pk).update(**updates)
-    _announce_peer(
-        session_id=session.pk, kind="peer.attached", side=Side.DEVICE, endpoint=endpoint, channel=channel_name
-    )
+    update(DeviceSession, session.pk, **updates)
+    _announce_peer(kind="peer.attached", side=Side.DEVICE, endpoint=endpoint, channel=channel_name, peer=peer)
     return Attached(
         session_id=session.pk,
         tsn=session.device.tsn,
@@ -119,7 +126,7 @@ def pos_socket_attach(*, caller: Caller, session_id: str, endpoint: str, channel
         node=node,
         application_id=caller.application_id,
     )
-    _announce_peer(session_id=session.pk, kind="peer.attached", side=Side.POS, endpoint=endpoint, channel=channel_name)
+    _announce_peer(kind="peer.attached", side=Side.POS, endpoint=endpoint, channel=channel_name, peer=peer)
     return Attached(
         session_id=session.pk,
         tsn=session.device.tsn,
@@ -129,17 +136,24 @@ def pos_socket_attach(*, caller: Caller, session_id: str, endpoint: str, channel
     )
 
 
+# At most `limit` rows (the shape): the quota needs to know whether there are that many.
+_held_rows = Prepared(
+    lambda limit, *, application_id, session_id, endpoint: SessionSocket.objects.filter(
+        side=Side.POS, application_id=application_id
+    )
+    .exclude(session_id=session_id, endpoint=endpoint)
+    .values("pk")[:limit],
+    required=["application_id", "session_id", "endpoint"],
+)
+
+
 def _within_session_socket_quota(*, caller: Caller, session: DeviceSession, endpoint: str) -> None:
     """CC_MAX_SESSION_SOCKETS_PER_CREDENTIAL, counted across the deployment from the rows of
     live sockets (a dead node's are swept). A socket that replaces the credential's own on
     the same slot adds none. Attaches to different sessions do not wait for each other, so
     a burst of them may pass the limit by the few that count at the same instant."""
     limit = connector_settings.MAX_SESSION_SOCKETS_PER_CREDENTIAL
-    held = (
-        SessionSocket.objects.filter(side=Side.POS, application_id=caller.application_id)
-        .exclude(session=session, endpoint=endpoint)
-        .count()
-    )
+    held = len(_held_rows.rows(limit, application_id=caller.application_id, session_id=session.pk, endpoint=endpoint))
     if held >= limit:
         raise SocketQuotaExceeded(f"This credential already has {held} POS session sockets open (limit {limit}).")
 
@@ -173,7 +187,8 @@ def socket_reassert(
         groups.pos_event_after_commit(
             application_id=session.claimed_by_id, event="device_online", session_id=session.pk, tsn=session.device.tsn
         )
-    _announce_peer(session_id=session.pk, kind="peer.attached", side=side, endpoint=endpoint, channel=channel_name)
+    peer = socket_channel(session_id=session.pk, side=_other(side), endpoint=endpoint)
+    _announce_peer(kind="peer.attached", side=side, endpoint=endpoint, channel=channel_name, peer=peer)
     return True
 
 
@@ -196,7 +211,8 @@ def socket_detach(*, session_id: str, side: str, endpoint: str, channel_name: st
     ).delete()
     if not deleted:
         return  # replaced by a newer socket, or swept: the slot is not ours any more
-    _announce_peer(session_id=session_id, kind="peer.detached", side=side, endpoint=endpoint, channel=channel_name)
+    peer = socket_channel(session_id=session_id, side=_other(side), endpoint=endpoint)
+    _announce_peer(kind="peer.detached", side=side, endpoint=endpoint, channel=channel_name, peer=peer)
     if side == Side.DEVICE:
         offline_if_no_device_socket(session_ids=[session_id], now=now)
 
@@ -224,7 +240,17 @@ def offline_if_no_device_socket(*, session_ids: list[str], now: datetime) -> lis
     return [s.pk for s in going]
 
 
-def _announce_peer(*, session_id: str, kind: str, side: str, endpoint: str, channel: str) -> None:
+def _other(side: str) -> str:
+    return Side.POS if side == Side.DEVICE else Side.DEVICE
+
+
+def _announce_peer(*, kind: str, side: str, endpoint: str, channel: str, peer: str | None) -> None:
+    """Tell the socket on the other side of the endpoint (`peer`, read under the session's
+    lock) that this one attached or left; nobody, when there is none. Whichever of two
+    sockets attaches second reads the first one's row under the lock, so each learns of the
+    other: the first by this event, the second from its read."""
+    if peer is None:
+        return
     groups.send_after_commit(
-        groups.session_group(session_id), {"type": kind, "side": side, "endpoint": endpoint, "channel": channel}
+        groups.Channel(peer), {"type": kind, "side": side, "endpoint": endpoint, "channel": channel}
     )

@@ -44,7 +44,7 @@ from accounts.audit import audit_record
 from accounts.credentials import SCOPE_CLOUD_CONNECTOR
 from accounts.models import Application
 from accounts.oauth import credential_scopes
-from accounts.prepared import Prepared
+from accounts.prepared import Prepared, insert, update
 from accounts.scope import Level, Principal, principal_for_application
 from connector import groups, tokens
 from connector.callers import Caller
@@ -265,7 +265,7 @@ def _register(
     if created:
         # An IntegrityError (a concurrent registration's session) rolls this transaction
         # back and device_register tries again.
-        session.save(force_insert=True)
+        insert(session)
         audit_record(
             actor=caller.principal,
             action="device.session_start",
@@ -292,7 +292,7 @@ def _reregister(*, session: DeviceSession, endpoints: list[str], caller: Caller)
         # The terminal is back: it has a fresh JWT to connect with, and the registered
         # rule (end at JWT expiry if no socket comes) replaces the grace period.
         changes.update(state=State.REGISTERED, offline_at=None)
-    DeviceSession.objects.filter(pk=session.pk).update(**changes)
+    update(DeviceSession, session.pk, **changes)
     if endpoints != session.endpoints:
         groups.send_after_commit(
             groups.session_group(session.pk), {"type": "session.endpoints", "endpoints": endpoints}
@@ -354,7 +354,13 @@ def _still_reached(*, principal: Principal, device_id: int) -> bool:
     either it sees this claim and releases it, or this read sees the move."""
     if principal.level != Level.STORE:
         return True  # a device moves between stores of its merchant: only a store's reach changes
-    return Device.objects.filter(pk=device_id, store_id=principal.store_id).exists()
+    return bool(_device_in_store_rows.rows(None, device_id=device_id, store_id=principal.store_id))
+
+
+_device_in_store_rows = Prepared(
+    lambda _shape, *, device_id, store_id: Device.objects.filter(pk=device_id, store_id=store_id).values("pk"),
+    required=["device_id", "store_id"],
+)
 
 
 def _claim_locked(*, session: DeviceSession, application_id: int, force: bool) -> int | None:
@@ -365,7 +371,7 @@ def _claim_locked(*, session: DeviceSession, application_id: int, force: bool) -
         return application_id
     if current is not None and not force:
         raise SessionClaimed()
-    DeviceSession.objects.filter(pk=session.pk).update(claimed_by_id=application_id, claimed_at=timezone.now())
+    update(DeviceSession, session.pk, claimed_by_id=application_id, claimed_at=timezone.now())
     session.claimed_by_id = application_id
     return current
 

@@ -446,6 +446,8 @@ cc_environment = {
     "MAX_SOCKET_BUFFER": env_int,
     "MAX_LISTENERS_PER_CREDENTIAL": env_int,
     "MAX_SESSION_SOCKETS_PER_CREDENTIAL": env_int,
+    "ADMISSION_MIN_PENDING": env_int,
+    "ADMISSION_MAX_WAIT": env_int,
 }
 # With no default, a reader answers None for a variable that is not set (or set empty, for
 # a number or a list): that key is left out, and the app's default holds.

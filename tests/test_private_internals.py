@@ -30,7 +30,7 @@ channels-redis (its RedisChannelLayer, subclassed by the relay's redis layer)
 - _backup_channel_name: "<key>$inflight", called by our _clean_receive_backup override.
 - receive's plain-channel path: receive_single(channel)[1] (RedisChannelLayer.receive).
 - send's Redis layout: a sorted set scored by time, capacity, expiry (SEND_SCRIPT, RedisChannelLayer.send).
-- _group_key and group_add's zadd and expire (RedisChannelLayer.restore_groups).
+- _group_key and group_add's zadd and expire (RedisChannelLayer.group_add, restore_groups: the same layout, pipelined).
 - group_send names its targets as a list in __asgi_channel__ (RedisChannelLayer._read).
 - connection(index): a redis-py client whose pool disconnect drops idle connections (RedisChannelLayer._probe).
 
@@ -472,7 +472,7 @@ async def test_channels_redis_send_queues_in_the_layout_our_send_script_reproduc
 
 
 async def test_channels_redis_groups_are_sorted_sets_under_group_key_with_the_group_expiry():
-    # RedisChannelLayer.restore_groups puts memberships back as group_add writes them, in one
+    # RedisChannelLayer.group_add and restore_groups write memberships as the stock group_add does, in one
     # pipeline per host: zadd(_group_key(group), {channel: now}) and expire(group_expiry), on
     # the host consistent_hash(group) picks.
     checked_against("channels-redis")

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
+import time
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -22,11 +24,13 @@ from connector import groups, metrics, protocol
 from connector.conf import connector_settings
 from connector.protocol import Close
 from connector.relay import housekeeping, servers
+from connector.relay.admission import SHED_CODE, admission
 from connector.relay.registry import registry
 
 logger = logging.getLogger(__name__)
 
 
+_local_names = itertools.count(1)
 LAYER_STOP_WAIT = 5.0  # seconds a closing socket waits for its channel-layer task to stop
 
 
@@ -35,11 +39,27 @@ async def db(fn, /, *args: Any, key: str | None = None, **kwargs: Any) -> Any:
     commits sent are delivered before this returns, also when it raised. Calls with the
     same `key` (a session id) take turns, events included, in the order they were made."""
 
+    timed = _timed(groups.collecting(fn), getattr(fn, "__name__", "other").lstrip("_"))
+
     async def work() -> Any:
-        outcome = await db_threads.run(groups.collecting(fn), *args, **kwargs)
+        outcome = await db_threads.run(timed, *args, **kwargs)
         return await outcome.unwrap()
 
     return await db_threads.in_turn(key, work)
+
+
+def _timed(fn, operation: str):
+    """`fn` recording, in the database thread, how long it took (metrics.db_observe): the
+    database time of the control path, without the wait for a thread."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            metrics.db_observe(operation=operation, seconds=time.perf_counter() - started)
+
+    return run
 
 
 class BaseConsumer(AsyncWebsocketConsumer):
@@ -47,6 +67,10 @@ class BaseConsumer(AsyncWebsocketConsumer):
     the metrics (`kind`, connector.metrics.KINDS) and the log (one line per event, none per frame)."""
 
     kind: str | None = None  # None: no route (NotFoundConsumer), not counted
+    # Whether the socket takes channel-layer messages (groups, events, relayed frames). One
+    # that never does (the device-listener, the 4404 catch-all) gets no channel and no layer
+    # task: a registration storm then costs the layer nothing for them.
+    layer_messages: bool = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -84,10 +108,13 @@ class BaseConsumer(AsyncWebsocketConsumer):
         Both may run at once, as they already do for sockets of one process, whose peers
         call each other's handlers directly (connector.relay.registry.deliver)."""
         self.scope = scope
-        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_layer = get_channel_layer(self.channel_layer_alias) if self.layer_messages else None
         if self.channel_layer is not None:
             self.channel_name = await self.channel_layer.new_channel()
             self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+        else:
+            # Known to this process only (the registry, the logs): nothing is ever sent to it.
+            self.channel_name = f"local!{next(_local_names)}"
         self.base_send = send
         layer_task: asyncio.Task | None = None
         try:
@@ -170,7 +197,23 @@ class BaseConsumer(AsyncWebsocketConsumer):
         if registry.shutting_down:
             await self.refuse(Close.GOING_AWAY)  # reconnect to another node
             return
-        await super().websocket_connect(message)
+        if not admission.enter():
+            await self.shed()
+            return
+        try:
+            await super().websocket_connect(message)
+        finally:
+            admission.leave()
+
+    async def shed(self) -> None:
+        """More new sockets than this process can serve in time (connector.relay.admission):
+        1013 with a retry hint, before any database or Redis work."""
+        reason = admission.reason()
+        if self.kind is not None:
+            metrics.socket_refused(kind=self.kind, code=SHED_CODE)
+        self.log("shed", close_code=SHED_CODE, retry_hint=reason)
+        await super().accept()  # to close it with 1013: not counted as opened
+        await self.close_socket(SHED_CODE, logged=True, reason=reason)
 
     async def accept(self, subprotocol: str | None = None, headers=None) -> None:
         await super().accept(subprotocol, headers)
@@ -202,7 +245,7 @@ class BaseConsumer(AsyncWebsocketConsumer):
         self.groups.extend(names)
         await asyncio.gather(*(self.channel_layer.group_add(name, self.channel_name) for name in names))
 
-    async def close_socket(self, code: int, *, logged: bool = False) -> None:
+    async def close_socket(self, code: int, *, logged: bool = False, reason: str | None = None) -> None:
         if self.closed:
             return
         self.closed = True
@@ -211,11 +254,13 @@ class BaseConsumer(AsyncWebsocketConsumer):
         if not logged:
             self.log("closed", close_code=int(code))
         # A plain int: autobahn (daphne) refuses an IntEnum as a close code.
-        await servers.close_with(self, int(code))
+        await servers.close_with(self, int(code), reason)
 
 
 class NotFoundConsumer(BaseConsumer):
     """Any path outside the four routes (connector.routing): no such session or endpoint."""
+
+    layer_messages = False
 
     async def connect(self) -> None:
         await self.refuse(Close.NOT_FOUND)

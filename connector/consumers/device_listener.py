@@ -13,6 +13,7 @@ from connector.conf import connector_settings
 from connector.consumers.base import BaseConsumer, db
 from connector.protocol import Close
 from connector.relay import servers
+from connector.relay.admission import admission
 from connector.relay.tasks import spawn
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class DeviceListenerConsumer(BaseConsumer):
     """`device-listener`: one registration request, one response, then close (1000)."""
 
     kind = "device_listener"
+    layer_messages = False  # one request, one answer: no group, no event
 
     async def connect(self) -> None:
         servers.server_socket_tune(self, max_message=protocol.CONTROL_MESSAGE_LIMIT)
@@ -135,9 +137,15 @@ class DeviceListenerConsumer(BaseConsumer):
             await self.close_socket(Close.TOO_BIG)
             return
         bearer = bearer_from_header(self.header(b"authorization"))
-        response = await _answer_registration(
-            text=text, bearer=bearer, address=self.client_address(), base_url=self.public_base_url()
-        )
+        # The registration is control work this process admitted with the socket: counted
+        # until answered (connector.relay.admission), never refused half-way.
+        admission.join()
+        try:
+            response = await _answer_registration(
+                text=text, bearer=bearer, address=self.client_address(), base_url=self.public_base_url()
+            )
+        finally:
+            admission.leave()
         await self.send(text_data=response)
         await self.close_socket(Close.NORMAL)
 

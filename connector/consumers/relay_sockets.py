@@ -289,15 +289,20 @@ class RelayConsumer(BaseConsumer):
 
     # -- closing
 
-    async def close_socket(self, code: int, *, logged: bool = False) -> None:
+    async def close_socket(self, code: int, *, logged: bool = False, reason: str | None = None) -> None:
         if not self.closed:
             registry.remove(self)
-        await super().close_socket(code, logged=logged)
+        await super().close_socket(code, logged=logged, reason=reason)
 
     async def disconnect(self, code: int) -> None:
         self.closed = True
         registry.remove(self)
         if not self.attached:
+            return
+        if registry.shutting_down:
+            # The process is going: its sockets are forgotten together, in one transaction
+            # (connector.nodes.node_forget, after the frame counters are flushed), instead of
+            # one detach each while a restarted worker needs the database for its terminals.
             return
         deltas = registry.take_deltas(self.session_id)
         try:

@@ -12,11 +12,13 @@ Where the peer is:
 - Another process: a direct `channel_layer.send` to the peer's channel name (never
   `group_send`); the receiving consumer writes it to its socket.
 - Each consumer caches its peer's channel name. It learns it when it attaches (from the
-  `SessionSocket` rows) and from the session group's `peer.attached` / `peer.detached`
-  events, which follow every connect, reconnect, replacement, claim, release and
-  takeover, because each of those attaches or detaches a socket. Since a socket joins
-  the session group before it writes and reads the rows, either it reads its peer's row
-  or it receives the peer's event: never neither. A socket that found no peer in the
+  `SessionSocket` rows) and from the `peer.attached` / `peer.detached` events sent to
+  it (straight to its channel, connector.session_sockets) by the socket on the other side
+  of its endpoint, which follow every connect, reconnect, replacement, claim, release and
+  takeover, because each of those attaches or detaches a socket. Attaches and detaches
+  of a session take its row's lock in turn, so of two sockets the second reads the
+  first one's row and sends it the event: either a socket reads its peer's row or it
+  receives the peer's event, never neither. A socket that found no peer in the
   database remembers that until its peer changes (an event, or a frame from a peer on
   another process), so a device talking to nobody costs one query, not one per frame.
 

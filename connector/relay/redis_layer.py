@@ -11,7 +11,7 @@ When Redis answers again, connector.relay.recovery puts the sockets back in thei
 What it relies on in channels_redis 4.3 beyond its public methods and attributes
 (`connection`, `consistent_hash`, `non_local_name`, `serialize`, `get_capacity`, `prefix`,
 `expiry`...), pinned by tests/test_private_internals.py: `_group_key` (a group's key, to
-restore memberships in one pipeline), and the overrides of `_brpop_with_clean` and
+add memberships in one round trip: `group_add`, `restore_groups`), and the overrides of `_brpop_with_clean` and
 `_clean_receive_backup`, through which the library's own receive (for channels that are not
 process-specific, which the relay never uses) also rides out an outage.
 """
@@ -36,7 +36,7 @@ from channels_redis.core import RedisChannelLayer as StockRedisChannelLayer
 
 from connector import metrics
 from connector.relay.broker import Broker, LayerUnavailable
-from connector.relay.redis_scripts import POP_BATCH_SCRIPT, SCRIPT_SHAS, SEND_SCRIPT, run_script
+from connector.relay.redis_scripts import GROUP_ADD_SCRIPT, POP_BATCH_SCRIPT, SCRIPT_SHAS, SEND_SCRIPT, run_script
 from connector.relay.tasks import task_of_loop
 
 logger = logging.getLogger(__name__)
@@ -443,8 +443,16 @@ class RedisChannelLayer(StockRedisChannelLayer):
         return await pipe.execute(raise_on_error=False)
 
     async def group_add(self, group: str, channel: str) -> None:
+        """channels_redis's group_add (zadd, then expire) as one script (GROUP_ADD_SCRIPT)
+        instead of two round trips: every socket joins its groups on connect, and a fleet
+        reconnecting after a restart does it thousands of times a second."""
+        assert self.require_valid_group_name(group), "Group name not valid"
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        connection = self.connection(self.consistent_hash(group))
         try:
-            await super().group_add(group, channel)
+            await run_script(
+                connection, GROUP_ADD_SCRIPT, 1, self._group_key(group), time.time(), channel, self.group_expiry
+            )
         except REDIS_DOWN as error:
             self.went_down(error, "group_add")  # recovery adds it once Redis is back
 

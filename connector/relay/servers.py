@@ -90,22 +90,22 @@ def server_socket_tune(consumer: Any, *, max_message: int) -> None:
     protocol.autoPingTimeout = connector_settings.PING_TIMEOUT
 
 
-async def close_with(consumer: Any, code: int) -> None:
-    """Close a socket with any close code of the contract.
+async def close_with(consumer: Any, code: int, reason: str | None = None) -> None:
+    """Close a socket with any close code of the contract, and a reason if given.
 
     Autobahn, under daphne, lets an application close only with 1000 or 3000-4999 and
-    fails the socket with 1011 for anything else, so 1001 (going away) and 1009 (too big)
-    go to daphne's protocol object directly as a close frame; every other server takes
-    them through ASGI.
+    fails the socket with 1011 for anything else, so 1001 (going away), 1009 (too big) and
+    1013 (try again later) go to daphne's protocol object directly as a close frame; every
+    other server takes them through ASGI.
     """
     if code == 1000 or 3000 <= code <= 4999:
-        await consumer.close(code)
+        await consumer.close(code, reason)
         return
     protocol = _daphne_protocol(consumer.base_send)
     if protocol is None:
-        await consumer.close(code)
+        await consumer.close(code, reason)
     elif protocol.state == protocol.STATE_OPEN:
-        protocol.sendCloseFrame(code=code, isReply=False)
+        protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode() if reason else None, isReply=False)
     elif protocol.state == protocol.STATE_CONNECTING:
         await consumer.close()  # not accepted yet: daphne refuses the handshake
 

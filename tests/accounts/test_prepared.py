@@ -80,3 +80,94 @@ def test_a_boolean_value_is_refused_it_belongs_to_the_shape():
     prepared = Prepared(by_client_id)
     with pytest.raises(TypeError):
         prepared.rows("client", client_id=True)
+
+
+# --- insert -----------------------------------------------------------------------------------
+
+INSERTED_MODELS = ("accounts.AuditEntry", "connector.DeviceSession", "connector.SessionSocket")
+
+
+def test_insert_is_used_only_for_models_no_save_signal_listens_to():
+    # insert() sends no pre_save/post_save: a receiver added for these models would be skipped.
+    from django.apps import apps
+    from django.db.models.signals import post_save, pre_save
+
+    for label in INSERTED_MODELS:
+        model = apps.get_model(label)
+        assert not pre_save.has_listeners(model) and not post_save.has_listeners(model), label
+
+
+def test_insert_writes_the_row_the_orm_would_and_numbers_it():
+    from accounts.audit import audit_record
+    from accounts.models import AuditEntry
+    from accounts.scope import SYSTEM
+
+    pos = make_pos()
+    entry = audit_record(actor=SYSTEM, action="x.test", obj=pos, tenant_id=None, data={"a": [1, "é"]})
+    assert entry.pk is not None and not entry._state.adding
+    stored = AuditEntry.objects.get(pk=entry.pk)
+    assert (stored.action, stored.object_type, stored.object_id, stored.data) == (
+        "x.test",
+        "pos",
+        str(pos.pk),
+        {"a": [1, "é"]},
+    )
+    assert stored.created_at is not None and stored.created_at == entry.created_at  # auto_now_add
+    second = audit_record(actor=SYSTEM, action="x.test", obj=pos, tenant_id=None)
+    assert second.pk > entry.pk and AuditEntry.objects.get(pk=second.pk).data == {}
+
+
+def test_insert_with_a_given_key_and_a_json_field_and_a_duplicate_raises_integrity_error():
+    from django.db import IntegrityError, transaction
+    from django.utils import timezone
+
+    from accounts.prepared import insert
+    from connector.models import DeviceSession
+    from tests.factories import DeviceFactory
+
+    device = DeviceFactory()
+    now = timezone.now()
+    session = insert(DeviceSession(id="s" * 32, device=device, endpoints=["/", "/x"], jwt_expires_at=now))
+    stored = DeviceSession.objects.get(pk="s" * 32)
+    assert (stored.device_id, stored.endpoints, stored.state, stored.jwt_expires_at) == (
+        device.pk, ["/", "/x"], DeviceSession.State.REGISTERED, now,
+    )  # fmt: skip
+    assert session.created_at == stored.created_at
+    with pytest.raises(IntegrityError), transaction.atomic():
+        insert(DeviceSession(id="s" * 32, device=device, endpoints=["/"], jwt_expires_at=now))
+
+
+def test_a_value_the_backend_wraps_in_an_integer_type_is_still_prepared_and_answers_right():
+    # PostgreSQL's backend hands a bigint column's value over as psycopg's Int8 (an int
+    # subclass): the marker must still be found, and the real value sent wrapped alike.
+    from connector.models import SessionSocket
+
+    def sockets_of(_shape, *, application_id):
+        return SessionSocket.objects.filter(application_id=application_id).values("pk")
+
+    prepared = Prepared(sockets_of, required=["application_id"])
+    pos = make_pos()
+    assert prepared.rows(None, application_id=pos.application.pk) == []
+    (compiled,) = prepared._shapes.values()
+    assert not isinstance(compiled, str), "fell back to the ORM"
+    for _index, _name, wrapper in compiled.slots:
+        assert wrapper is None or (issubclass(wrapper, int) and wrapper(5) == 5)
+
+
+def test_update_changes_only_the_named_row_and_fields():
+    from django.utils import timezone
+
+    from accounts.prepared import update
+    from connector.models import DeviceSession
+    from tests.factories import DeviceFactory
+
+    device, other = DeviceFactory(), DeviceFactory()
+    now = timezone.now()
+    for pk, dev in (("a" * 32, device), ("b" * 32, other)):
+        DeviceSession.objects.create(id=pk, device=dev, endpoints=["/"], jwt_expires_at=now)
+    pos = make_pos()
+    assert update(DeviceSession, "a" * 32, claimed_by_id=pos.application.pk, claimed_at=now, endpoints=["/", "/y"]) == 1
+    changed, untouched = DeviceSession.objects.get(pk="a" * 32), DeviceSession.objects.get(pk="b" * 32)
+    assert (changed.claimed_by_id, changed.claimed_at, changed.endpoints) == (pos.application.pk, now, ["/", "/y"])
+    assert (untouched.claimed_by_id, untouched.endpoints) == (None, ["/"])
+    assert update(DeviceSession, "nope", claimed_at=now) == 0

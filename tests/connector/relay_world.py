@@ -137,3 +137,35 @@ class Listener:
 async def session_socket(claim: dict[str, Any], token: str, endpoint: str = "/") -> WebsocketCommunicator:
     url = claim["session_url"] + ("" if endpoint == "/" else endpoint)
     return await opened(communicator(local_path(url), token=token))
+
+
+def late_peer_attached(monkeypatch, delays=None, *, lost: bool = False) -> set:
+    """Deliver `peer.attached` events (sent straight to the peer socket's channel,
+    connector.session_sockets) late, as a busy channel layer might: each after the next of
+    `delays` (seconds, default half a second each), or never (`lost`). Every other message
+    goes at once. Returns the pending deliveries (the event loop holds tasks only weakly)."""
+    import asyncio
+    import itertools
+
+    from channels.layers import channel_layers
+
+    layer = channel_layers["default"]
+    original = layer.send
+    delays = iter(delays if delays is not None else itertools.repeat(0.5))
+    pending: set[asyncio.Task] = set()
+
+    async def later(channel: str, message: dict, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await original(channel, message)
+
+    async def send(channel: str, message: dict) -> None:
+        if message.get("type") != "peer.attached":
+            await original(channel, message)
+            return
+        if not lost:
+            task = asyncio.get_running_loop().create_task(later(channel, message, next(delays)))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    monkeypatch.setattr(layer, "send", send)
+    return pending

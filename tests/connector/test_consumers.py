@@ -4,30 +4,29 @@ of the contract that can be provoked in process, the relay, and every revocation
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
 
 import jwt
 import pytest
 from channels.db import database_sync_to_async
-from channels.layers import channel_layers
 
 from accounts import services as account_services
 from accounts.credentials import token_checksum
 from accounts.scope import SYSTEM
-from connector import events, sessions, tokens
+from connector import events, nodes, sessions, tokens
 from connector import services as connector_services
 from connector.consumers import relay_sockets
 from connector.models import Device, DeviceSession, SessionSocket
 from connector.relay import shutdown
-from connector.relay.registry import registry
+from connector.relay.registry import NODE, registry
 from tests.connector.relay_world import (
     Listener,
     communicator,
     device_socket,
     expect_close,
     hang_up,
+    late_peer_attached,
     local_path,
     opened,
     refused_with,
@@ -627,32 +626,9 @@ async def test_setting_a_session_up_and_down_hops_to_a_thread_only_for_database_
     assert not await db(SessionSocket.objects.exists)()
 
 
-def slow_attach_events(monkeypatch, delays=itertools.repeat(0.5)) -> None:
-    """Deliver the session group's `peer.attached` events late, as a busy channel layer
-    might: each after the next of `delays` (seconds). Every other message goes at once."""
-    layer = channel_layers["default"]
-    original = layer.group_send
-    delays = iter(delays)
-    pending: set[asyncio.Task] = set()  # the event loop holds tasks only weakly
-
-    async def group_send(group, message):
-        if message["type"] != "peer.attached":
-            return await original(group, message)
-
-        async def later(delay: float):
-            await asyncio.sleep(delay)
-            await original(group, message)
-
-        task = asyncio.get_running_loop().create_task(later(next(delays)))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-
-    monkeypatch.setattr(layer, "group_send", group_send)
-
-
 async def test_a_new_pos_socket_gets_the_devices_answer_to_its_first_frame_before_any_event(world, monkeypatch):
     registration, devices, listener, claim, poses = await online_pair(world)
-    slow_attach_events(monkeypatch)
+    late_peer_attached(monkeypatch)
     await hang_up(poses["/"])
     pos = await session_socket(claim, world.pos_token)
     await pos.send_to(text_data="new till")
@@ -668,7 +644,7 @@ async def test_a_new_pos_socket_gets_the_devices_answer_to_its_first_frame_befor
 
 async def test_a_reconnected_device_gets_the_pos_answer_to_its_first_frame_before_any_event(world, monkeypatch):
     registration, devices, listener, claim, poses = await online_pair(world)
-    slow_attach_events(monkeypatch)
+    late_peer_attached(monkeypatch)
     device = await device_socket(registration)  # replaces the first device socket (4409)
     await expect_close(devices["/"], 4409)
     await device.send_to(text_data="terminal is back")
@@ -684,7 +660,7 @@ async def test_across_processes_a_device_frame_reaches_a_pos_whose_attach_event_
     monkeypatch.setattr(registry, "local_fast_path", False)  # peers as if on two processes
     registration, devices, listener, claim, poses = await online_pair(world)
     await hang_up(poses["/"])
-    slow_attach_events(monkeypatch)
+    late_peer_attached(monkeypatch)
     pos = await session_socket(claim, world.pos_token)
     await devices["/"].send_to(text_data="for the new till")
     assert await pos.receive_from(0.3) == "for the new till"
@@ -700,7 +676,7 @@ async def test_across_processes_a_pos_frame_reaches_a_device_whose_attach_event_
     registration, devices, listener, claim, poses = await online_pair(world)
     await hang_up(devices["/"])
     assert (await listener.event())["type"] == "device_offline"
-    slow_attach_events(monkeypatch)
+    late_peer_attached(monkeypatch)
     device = await device_socket(registration)
     await poses["/"].send_to(text_data="still there?")  # not 4503: the device is back
     assert await device.receive_from(0.3) == "still there?"
@@ -711,7 +687,7 @@ async def test_across_processes_a_pos_frame_reaches_a_device_whose_attach_event_
 
 async def test_a_late_event_about_a_closed_local_socket_does_not_take_the_peer_away(world, monkeypatch):
     registration, devices, listener, claim, poses = await online_pair(world)
-    slow_attach_events(monkeypatch, delays=[0.4, 0])  # the first socket's event comes last
+    late_peer_attached(monkeypatch, delays=[0.4, 0])  # the first socket's event comes last
     await hang_up(poses["/"])
     first = await session_socket(claim, world.pos_token)
     await hang_up(first)
@@ -925,6 +901,32 @@ async def test_a_closing_server_sends_1001_to_every_socket(world):
     await shutdown.close_all(1001)
     await expect_close(devices["/"], 1001)
     await expect_close(poses["/"], 1001)
+    await listener.close()
+
+
+async def test_a_shutting_down_process_forgets_its_sockets_together_and_a_peer_elsewhere_hears_of_it(
+    world, monkeypatch
+):
+    registration, devices, listener, claim, poses = await online_pair(world)
+    # The POS session socket plays one held by another process: it must hear that its device
+    # socket left, or its next frame would go to a channel nobody reads instead of 4503 (§7).
+    await db(SessionSocket.objects.filter(side="pos").update)(node="another-node")
+    registry.local_fast_path = False
+    pos = next(sock for sock in registry.sockets.values() if getattr(sock, "side", None) == "pos")
+    pos.set_peer(pos.peer_channel)  # through the channel layer from now on, as across processes
+    monkeypatch.setattr(registry, "shutting_down", True)
+    try:
+        await hang_up(devices["/"])
+        # No detach of its own while the process goes: the row waits for node_forget.
+        assert await db(SessionSocket.objects.filter(side="device").count)() == 1
+        await db(nodes.node_forget)(node=NODE)
+        assert await db(SessionSocket.objects.filter(side="device").count)() == 0
+        assert (await db(DeviceSession.objects.get)(pk=claim["session_id"])).state == "offline"
+        await asyncio.sleep(0.2)  # the peer.detached event on its way through the layer
+        await poses["/"].send_to(text_data="for a terminal that left")
+        await expect_close(poses["/"], 4503)
+    finally:
+        registry.local_fast_path = True
     await listener.close()
 
 

@@ -215,7 +215,8 @@ def test_the_scripts_are_loaded_again_when_redis_forgot_them(redis_url):
             # The reader ran its script again before it waited for this one.
             await sender.send(channel, {"type": "frame", "n": 2})
             assert (await receiver.receive(channel))["n"] == 2
-            assert await sender.connection(0).script_exists(*SCRIPT_SHAS.values()) == [True, True]
+            await receiver.group_add("cc.session.s1", channel)
+            assert await sender.connection(0).script_exists(*SCRIPT_SHAS.values()) == [True, True, True]
 
     run_bounded(scenario(), timeout=60)
 
@@ -273,3 +274,22 @@ def test_a_send_to_a_redis_that_stopped_answering_gives_up_after_the_send_wait(r
                 await sender.send(channel, {"type": "frame", "n": 1})
 
     run_bounded(scenario(), timeout=30)
+
+
+def test_group_add_writes_the_stock_layout_in_one_round_trip_and_group_send_reaches_the_member(redis_url):
+    # group_add is one script (zadd and expire in one round trip); the stock group_send and
+    # group_discard of the other process must read what it wrote.
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            channel = await receiver.new_channel()
+            await receiver.group_add("cc.session.s1", channel)
+            key = receiver._group_key("cc.session.s1")
+            redis = receiver.connection(0)
+            assert await redis.zrange(key, 0, -1) == [channel.encode()]
+            assert 0 < await redis.ttl(key) <= receiver.group_expiry
+            await sender.group_send("cc.session.s1", {"type": "session.end", "n": 1})
+            assert (await receiver.receive(channel))["n"] == 1
+            await sender.group_discard("cc.session.s1", channel)
+            assert await redis.zrange(key, 0, -1) == []
+
+    run_bounded(scenario(), timeout=20)

@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from channels.layers import channel_layers
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from accounts import db_threads
 from connector.relay.registry import registry
-from tests.connector.relay_world import Listener, device_socket, hang_up, register, session_socket
+from tests.connector.relay_world import Listener, device_socket, hang_up, late_peer_attached, register, session_socket
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -66,30 +65,6 @@ async def device_knows_no_pos() -> None:
     raise AssertionError("the device socket did not hear that its POS left")
 
 
-def late_attach_events(monkeypatch, *, lost: bool = False) -> set[asyncio.Task]:
-    """Deliver the session group's `peer.attached` events half a second late, as a busy
-    channel layer might, or never (`lost`); every other message goes at once."""
-    layer = channel_layers["default"]
-    original = layer.group_send
-    pending: set[asyncio.Task] = set()
-
-    async def later(group: str, message: dict) -> None:
-        await asyncio.sleep(0.5)
-        await original(group, message)
-
-    async def group_send(group: str, message: dict) -> None:
-        if message["type"] != "peer.attached":
-            await original(group, message)
-            return
-        if not lost:
-            task = asyncio.get_running_loop().create_task(later(group, message))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-
-    monkeypatch.setattr(layer, "group_send", group_send)
-    return pending
-
-
 @pytest.mark.parametrize("same_process", [True, False], ids=["same process", "across processes"])
 async def test_frames_dropped_for_want_of_a_pos_query_nothing_after_the_first(world, monkeypatch, same_process):
     # Across processes, peers hear of each other only through the channel layer's events.
@@ -133,7 +108,7 @@ async def test_a_pos_that_came_and_went_makes_the_next_frame_ask_the_database_ag
     assert await first.receive_from(1) == "hello first till"
     await hang_up(first)
     await device_knows_no_pos()
-    late_attach_events(monkeypatch)
+    late_peer_attached(monkeypatch)
     second = await session_socket(claim, world.pos_token)
     await device.send_to(text_data="for the new till")
     assert await second.receive_from(0.3) == "for the new till"
@@ -150,7 +125,7 @@ async def test_a_frame_from_a_pos_the_device_never_heard_of_lets_its_answer_find
     device = await device_socket(registration)
     await device.send_to(text_data="anyone?")
     await dropped(registration["session_id"], 1)
-    late_attach_events(monkeypatch, lost=True)
+    late_peer_attached(monkeypatch, lost=True)
     listener = await Listener.open(world.pos_token)
     claim = await listener.claim(world.device.tsn)
     pos = await session_socket(claim, world.pos_token)

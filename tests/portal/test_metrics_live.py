@@ -133,6 +133,12 @@ def test_a_live_servers_metrics_move_with_registrations_claims_tokens_sockets_an
     assert closes == [4503]
     assert moved(before, after, "cloud_connector_socket_closes_total", kind="session", code="4503") == 1
 
+    # The control path's database time, per operation, timed in the database threads.
+    for operation in ("device_register_with_client", "device_socket_attach", "pos_request", "pos_socket_attach"):
+        assert moved(before, after, "cloud_connector_db_seconds_count", operation=operation) >= 1, operation
+        assert moved(before, after, "cloud_connector_db_seconds_sum", operation=operation) > 0, operation
+    assert moved(before, after, "cloud_connector_db_seconds_count", operation="detach") >= 2  # both sides left
+
 
 @pytest.mark.django_db
 def test_readyz_answers_503_while_the_relay_drains_its_sockets():

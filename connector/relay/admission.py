@@ -1,0 +1,118 @@
+"""Admission: a worker lets in new sockets at the rate it can serve them and sheds the excess
+with close 1013 (contract v1.1 §17), a retry hint in the reason, instead of letting a storm
+of handshakes queue until the clients' own timeouts fire.
+
+After a deploy or a crash, thousands of terminals come back to a worker at once. Each new
+socket costs control-path work (a registration, an attach, a claim: database and Redis
+round trips); a worker that takes them all at once answers none of them in time, and the
+terminals retry into an even longer queue. Here a worker counts the control operations in
+flight (`pending`: sockets between their handshake and the end of their connect handler,
+and registrations being answered) and how many it finished over the last few seconds
+(`rate`). A new socket is admitted while `pending` stays under
+
+    max(ADMISSION_MIN_PENDING, rate × ADMISSION_MAX_WAIT)
+
+so that one admitted now is served within about ADMISSION_MAX_WAIT seconds; past it, the
+socket is accepted and closed at once with 1013 and the reason
+`try again later; retry_after=<seconds>`, drawn evenly between 1 and how long the work
+pending and the work just refused would take at the measured rate, so that a wave of
+refused terminals comes back spread out (the clients add their own jitter: docs/protocol.md).
+A shed socket costs its handshake and nothing else: no database, no Redis.
+
+Per process and in memory: each worker judges its own load.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from connector.conf import connector_settings
+
+WINDOW = 5.0  # seconds over which the completion rate is measured
+SLOT = 0.25  # seconds per bucket of the window
+MAX_RETRY_AFTER = 30  # seconds, the longest hint a shed socket is given
+SHED_CODE = 1013  # try again later (contract v1.1 §17)
+REASON = "try again later; retry_after={}"
+
+
+@dataclass
+class Admission:
+    """One process's gate. `enter()` answers whether a new socket may come in; every socket
+    admitted (and every registration) `leave()`s once when its control work is done."""
+
+    clock: Callable[[], float] = time.monotonic
+    draw: Callable[[int, int], int] = random.randint
+    pending: int = 0
+    shed_total: int = 0
+    _done: deque = field(default_factory=deque)  # (bucket start, count), oldest first
+    _shed: deque = field(default_factory=deque)
+
+    def rate(self) -> float:
+        """Control operations finished per second over the last WINDOW seconds."""
+        self._forget(self._done)
+        return sum(count for _, count in self._done) / WINDOW
+
+    def limit(self) -> int:
+        settings = connector_settings
+        return max(settings.ADMISSION_MIN_PENDING, int(self.rate() * settings.ADMISSION_MAX_WAIT))
+
+    def enter(self) -> bool:
+        """Admit one more control operation (True), or refuse it (False: shed the socket)."""
+        if connector_settings.ADMISSION_MIN_PENDING <= 0:  # admission control off
+            self.pending += 1
+            return True
+        if self.pending >= self.limit():
+            self.shed_total += 1
+            self._count(self._shed)
+            return False
+        self.pending += 1
+        return True
+
+    def join(self) -> None:
+        """A control operation that must be answered whatever the load (a registration on a
+        device-listener already admitted): counted, never refused."""
+        self.pending += 1
+
+    def leave(self) -> None:
+        self.pending = max(0, self.pending - 1)
+        self._count(self._done)
+
+    def retry_after(self) -> int:
+        """Seconds a shed client should wait, drawn evenly from 1 to the time this process
+        needs for the work pending and the work it refused over the last second, at the rate
+        it finishes work (at least the rate the minimum admits: a process that just started
+        has finished nothing yet). Even draws spread a wave of refused terminals over that
+        time instead of sending them all back together; at most MAX_RETRY_AFTER."""
+        now = self.clock()
+        self._forget(self._shed)
+        refused = sum(count for start, count in self._shed if start + SLOT > now - 1.0)
+        settings = connector_settings
+        floor = settings.ADMISSION_MIN_PENDING / max(settings.ADMISSION_MAX_WAIT, 0.001)
+        rate = max(self.rate(), floor, 1.0)
+        spread = max(1, min(MAX_RETRY_AFTER, math.ceil((refused + self.pending) / rate)))
+        return self.draw(1, spread)
+
+    def reason(self) -> str:
+        return REASON.format(self.retry_after())
+
+    def _count(self, buckets: deque) -> None:
+        now = self.clock()
+        start = now - (now % SLOT)
+        if buckets and buckets[-1][0] == start:
+            buckets[-1] = (start, buckets[-1][1] + 1)
+        else:
+            buckets.append((start, 1))
+        self._forget(buckets)
+
+    def _forget(self, buckets: deque) -> None:
+        horizon = self.clock() - WINDOW
+        while buckets and buckets[0][0] + SLOT <= horizon:
+            buckets.popleft()
+
+
+admission = Admission()

@@ -1,0 +1,154 @@
+"""Admission (connector.relay.admission): a worker admits new sockets while its control work
+in flight stays under max(ADMISSION_MIN_PENDING, rate × ADMISSION_MAX_WAIT) and sheds the
+rest with 1013 and `retry_after=<seconds>` in the reason, before any database or Redis work;
+what it admitted is served as before."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from channels.db import database_sync_to_async
+
+from connector.models import DeviceSession
+from connector.relay import admission as admission_module
+from connector.relay.admission import SHED_CODE, Admission, admission
+from tests.connector.relay_world import (
+    TIMEOUT,
+    Listener,
+    communicator,
+    device_socket,
+    hang_up,
+    local_path,
+    register,
+)
+
+HINT = re.compile(r"^try again later; retry_after=(\d+)$")
+DEVICE_LISTENER = "/cloud-connector/v1/device-listener"
+POS_LISTENER = "/cloud-connector/v1/pos-listener"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def gate(settings, *, minimum: int = 4, wait: float = 2.0) -> tuple[Admission, Clock]:
+    settings.CLOUD_CONNECTOR = {
+        **settings.CLOUD_CONNECTOR,
+        "ADMISSION_MIN_PENDING": minimum,
+        "ADMISSION_MAX_WAIT": wait,
+    }
+    clock = Clock()
+    return Admission(clock=clock, draw=lambda low, high: high), clock
+
+
+# --- the gate -----------------------------------------------------------------------------------
+
+
+def test_it_admits_up_to_the_minimum_while_nothing_has_finished_and_sheds_the_rest(settings):
+    gate_, _ = gate(settings, minimum=4)
+    assert [gate_.enter() for _ in range(6)] == [True] * 4 + [False] * 2
+    assert (gate_.pending, gate_.shed_total) == (4, 2)
+    gate_.leave()
+    assert gate_.enter() and not gate_.enter()
+
+
+def test_the_limit_follows_the_rate_it_finishes_work_at(settings):
+    gate_, clock = gate(settings, minimum=4, wait=2.0)
+    for _ in range(50):  # 50 operations in one second...
+        gate_.enter()
+        gate_.leave()
+        clock.now += 0.02
+    assert gate_.rate() == pytest.approx(50 / 5.0)  # ...over the 5 s window: 10/s
+    assert gate_.limit() == 20  # 10/s × 2 s
+    clock.now += 10  # ...and forgotten once the window has passed
+    assert gate_.rate() == 0 and gate_.limit() == 4
+
+
+def test_the_retry_hint_covers_the_work_pending_and_refused_at_the_rate_and_is_bounded(settings):
+    gate_, clock = gate(settings, minimum=4, wait=2.0)  # a cold process assumes 4 / 2 s = 2/s
+    for _ in range(4):
+        gate_.enter()
+    for _ in range(6):
+        assert not gate_.enter()
+    assert gate_.retry_after() == 5  # (4 pending + 6 refused) / 2 per second
+    for _ in range(1000):
+        gate_.enter()
+    assert gate_.retry_after() == admission_module.MAX_RETRY_AFTER
+    clock.now += 2  # refusals older than a second no longer count
+    assert gate_.retry_after() == 2  # 4 pending / 2 per second
+
+
+def test_the_hint_is_drawn_evenly_so_a_wave_comes_back_spread_out(settings):
+    settings.CLOUD_CONNECTOR = {**settings.CLOUD_CONNECTOR, "ADMISSION_MIN_PENDING": 2, "ADMISSION_MAX_WAIT": 1.0}
+    gate_ = Admission()
+    for _ in range(200):
+        gate_.enter()
+    hints = [gate_.retry_after() for _ in range(400)]
+    assert min(hints) == 1 and max(hints) <= admission_module.MAX_RETRY_AFTER
+    assert len(set(hints)) > 10, "every shed client would come back at once"
+    assert HINT.match(gate_.reason())
+
+
+def test_a_minimum_of_zero_turns_admission_control_off(settings):
+    gate_, _ = gate(settings, minimum=0)
+    assert all(gate_.enter() for _ in range(10_000))
+
+
+# --- the sockets ----------------------------------------------------------------------------
+
+
+async def shed(comm) -> int:
+    connected, _ = await comm.connect(TIMEOUT)
+    assert connected
+    message = await comm.receive_output(TIMEOUT)
+    assert message["type"] == "websocket.close" and message["code"] == SHED_CODE, message
+    hint = HINT.match(message.get("reason", ""))
+    assert hint, message
+    await comm.send_input({"type": "websocket.disconnect", "code": SHED_CODE})
+    await comm.wait(TIMEOUT)
+    return int(hint.group(1))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.cloud_connector_on
+@pytest.mark.usefixtures("fresh_state")
+async def test_a_full_worker_sheds_every_kind_of_new_socket_with_1013_and_a_hint_and_writes_nothing(settings, world):
+    registration = await register(world.device.tsn, world.pos_credentials)
+    assert registration["status"] == "ok"
+    sessions_before = await database_sync_to_async(DeviceSession.objects.count)()
+    admission.pending, before = 2, admission.pending
+    settings.CLOUD_CONNECTOR = {**settings.CLOUD_CONNECTOR, "ADMISSION_MIN_PENDING": 2}
+    try:
+        header = registration["authorization_header"]["Authorization"].encode()
+        device = communicator(local_path(registration["connection_url"]), headers=[(b"authorization", header)])
+        for comm in (communicator(DEVICE_LISTENER), device, communicator(POS_LISTENER, token=world.pos_token)):
+            assert 1 <= await shed(comm) <= admission_module.MAX_RETRY_AFTER
+    finally:
+        admission.pending = before
+    # Nothing was written for the shed sockets: the session is still registered, not online.
+    session = await database_sync_to_async(DeviceSession.objects.get)(pk=registration["session_id"])
+    assert session.state == DeviceSession.State.REGISTERED
+    assert await database_sync_to_async(DeviceSession.objects.count)() == sessions_before
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.cloud_connector_on
+@pytest.mark.usefixtures("fresh_state")
+async def test_once_work_drains_the_same_terminal_comes_in_and_its_work_is_counted_out(settings, world):
+    settings.CLOUD_CONNECTOR = {**settings.CLOUD_CONNECTOR, "ADMISSION_MIN_PENDING": 2}
+    admission.pending = 2
+    await shed(communicator(DEVICE_LISTENER))
+    admission.pending = 0
+    registration = await register(world.device.tsn, world.pos_credentials)
+    device = await device_socket(registration, "/")
+    listener = await Listener.open(world.pos_token)
+    assert (await listener.claim(world.device.tsn))["status"] == "ok"
+    # Every admitted socket and registration left the gate when its work was done.
+    assert admission.pending == 0
+    await listener.close()
+    await hang_up(device)
