@@ -94,14 +94,110 @@ def server_env(settings: str = "portal.settings", *, port: int | None = None) ->
     return env
 
 
+NODE = "/usr/bin/node"
+NODE_RELAY = ROOT / "bench" / "node_relay"
+# The plain relays: the same protocol (/device/<id>, /pos/<id>, frames forwarded untouched),
+# each the simplest relay its library allows. "plain" is the name bench/scale.py starts too.
+PLAIN_RELAYS = {
+    "plain": "websockets, asyncio",
+    "plain-uvloop": "websockets, uvloop",
+    "picows": "picows, uvloop",
+    "node": "Node ws",
+}
+# Cloud Connector under each ASGI server (portal.asgi:application).
+ASGI_SERVERS = {
+    "uvicorn": "Cloud Connector, uvicorn",
+    "daphne": "Cloud Connector, daphne",
+    "granian": "Cloud Connector, granian",
+}
+
+
 def server_command(kind: str, port: int) -> list[str]:
+    """The command line of one server kind: a plain relay (PLAIN_RELAYS) or Cloud Connector
+    under an ASGI server (ASGI_SERVERS), listening on 127.0.0.1:`port`."""
+    bench = ROOT / "bench"
     if kind == "plain":
-        return [sys.executable, str(ROOT / "bench" / "plain_relay.py"), "--port", str(port)]
+        return [sys.executable, str(bench / "plain_relay.py"), "--port", str(port)]
+    if kind == "plain-uvloop":
+        return [sys.executable, str(bench / "plain_relay.py"), "--port", str(port), "--loop", "uvloop"]
+    if kind == "picows":
+        return [sys.executable, str(bench / "plain_relay_picows.py"), "--port", str(port)]
+    if kind == "node":
+        return [NODE, str(NODE_RELAY / "relay.js"), "--port", str(port)]
     if kind == "daphne":
         daphne = [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port)]
         return [*daphne, "portal.asgi:application"]
-    # uvicorn: exactly the worker `make serve` runs (portal/serve.py), without its access log.
-    return [*worker_command("127.0.0.1", port), "--log-level", "warning", "--no-access-log"]
+    if kind == "granian":
+        return granian_command(port)
+    if kind == "uvicorn":
+        # Exactly the worker `make serve` runs (portal/serve.py), without its access log.
+        return [*worker_command("127.0.0.1", port), "--log-level", "warning", "--no-access-log"]
+    raise ValueError(f"unknown server kind {kind!r}: one of {', '.join([*PLAIN_RELAYS, *ASGI_SERVERS])}")
+
+
+def granian_command(port: int) -> list[str]:
+    """Granian as a candidate for `make serve`: one worker on uvloop, WebSocket options at
+    their defaults (granian has no permessage-deflate). `asginl` is granian's ASGI interface
+    without the lifespan protocol, as uvicorn runs with `--lifespan off` (the application
+    has no lifespan handler).
+
+    Checked against the contract (2.8.9): registration, claim, text, binary and empty frames
+    both ways, a 1 MiB message relayed and a larger one closed with 1009 (the application
+    checks its limit itself, relay/servers.py) all work. Three differ from uvicorn: granian
+    sends no pings (it has no option for them), so §8's "a socket that answers no ping within
+    30 s is closed" does not hold; on SIGTERM its sockets drop without a close frame (clients
+    see 1006, not §8's 1001); and its ASGI `send` exposes no transport, so the per-socket
+    bound on what a slow client leaves unread (MAX_SOCKET_BUFFER) is not enforced."""
+    return [
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "asginl",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--loop",
+        "uvloop",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "portal.asgi:application",
+    ]
+
+
+def ensure_node_relay() -> None:
+    """Install the Node relay's locked packages (`ws`, from the npm registry) when they are
+    missing: `npm ci` installs exactly bench/node_relay/package-lock.json."""
+    if (NODE_RELAY / "node_modules" / "ws" / "package.json").exists():
+        return
+    if not Path(NODE).exists():
+        raise RuntimeError(f"the Node relay needs Node.js at {NODE}")
+    subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_RELAY, check=True, stdout=subprocess.DEVNULL)
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (granian runs its worker as a child process), read
+    from /proc: the pids whose CPU is the server's."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # the process ended while we looked
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
 
 
 @dataclass
@@ -325,8 +421,23 @@ def machine() -> str:
 
 
 def versions() -> str:
-    names = ["Django", "channels", "daphne", "uvicorn", "uvloop", "websockets", "channels-redis", "redis", "psycopg"]
-    return ", ".join(f"{name} {version(name)}" for name in names)
+    names = ["Django", "channels", "daphne", "uvicorn", "granian", "uvloop", "websockets", "picows"]
+    names += ["channels-redis", "redis", "psycopg"]
+    return ", ".join([*(f"{name} {version(name)}" for name in names), node_versions()])
+
+
+def node_versions() -> str:
+    """Node and the `ws` the Node relay runs (from its lock; "?" where they cannot be read)."""
+    try:
+        node = subprocess.run([NODE, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        node = "?"
+    try:
+        lock = json.loads((NODE_RELAY / "package-lock.json").read_text())
+        ws = lock["packages"]["node_modules/ws"]["version"]
+    except (OSError, KeyError, ValueError):
+        ws = "?"
+    return f"Node {node.lstrip('v')}, ws {ws}"
 
 
 def backends() -> str:

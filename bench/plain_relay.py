@@ -1,10 +1,12 @@
 """The baseline: a plain relay written directly on the `websockets` library.
 
 A device connects to /device/<id>, a POS to /pos/<id>; every frame from one goes to the
-other unchanged. No authentication, no database, no framework: the ceiling a Python relay
-can reach on this machine, against which Cloud Connector is measured in the same run.
+other unchanged (no compression, frames up to 2 MiB). No authentication, no database, no
+framework: the ceiling a Python relay can reach on this machine, against which Cloud
+Connector is measured in the same run, on asyncio's own event loop or on uvloop (the loop
+`make serve` runs Cloud Connector on).
 
-    python bench/plain_relay.py --port 9001
+    python bench/plain_relay.py --port 9001 [--loop uvloop]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 
 from websockets.asyncio.server import ServerConnection, serve
 
+MAX_SIZE = 2**21
 peers: dict[str, dict[str, ServerConnection]] = {}
 
 
@@ -39,13 +42,19 @@ async def handler(ws: ServerConnection) -> None:
 
 
 async def main(host: str, port: int) -> None:
-    async with serve(handler, host, port, max_size=2**20, compression=None):
+    async with serve(handler, host, port, max_size=MAX_SIZE, compression=None):
         await asyncio.Future()
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
-    asyncio.run(main(args.host, args.port))
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main(args.host, args.port))
+    else:
+        asyncio.run(main(args.host, args.port))

@@ -1,4 +1,4 @@
-"""Cloud Connector benchmarks, next to a plain `websockets` relay measured in the same run.
+"""Cloud Connector benchmarks, next to plain relays measured in the same run.
 
     make bench     (or: .venv/bin/python bench/run.py [--seconds 5] [--parts frame,cross,one]
                         [--terminals 5000] [--live 1000] [--no-write])
@@ -10,13 +10,16 @@ on 127.0.0.1, started as `make serve` starts its workers (portal/serve.py); this
 the load generator (bench/loadgen.py) for every target.
 
 Parts:
-- `frame`: one process, the frame path: the plain relay (bench/plain_relay.py), Cloud
-  Connector under uvicorn and under daphne; closed-loop round trips for 1 and 50 pairs,
-  100-byte and 16 KiB frames.
+- `frame`: one process, the frame path: four plain relays (`websockets` on asyncio and on
+  uvloop, bench/plain_relay.py; picows on uvloop, bench/plain_relay_picows.py; Node's `ws`,
+  bench/node_relay/, its locked packages installed by `npm ci` when missing) and Cloud
+  Connector under uvicorn, daphne and granian; closed-loop round trips for 1 and 50 pairs,
+  100-byte and 16 KiB frames, with the server's CPU per round trip (from /proc) and its
+  ratio to the Node relay's in the same scenario.
 - `cross` and `one`: see bench/scale.py (two processes through Redis; sessions set up per
   second, disabling with live sessions, and memory per idle terminal on one process).
 
-Prints each table and the targets of issue 6 with what was measured, and writes them into
+Prints each table and the targets (issues 6 and 13) with what was measured, and writes them into
 the marked sections of docs/benchmarks.md with the machine, the versions and the date.
 """
 
@@ -32,24 +35,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scale  # noqa: E402
 from common import (  # noqa: E402
+    ASGI_SERVERS,
+    PLAIN_RELAYS,
     Demo,
     Tsns,
     backends,
     close_pairs,
     cloud_connector_pairs,
+    ensure_node_relay,
     fresh_backends,
     machine,
     now,
     plain_pairs,
+    process_tree,
     raise_fd_limit,
     start,
     versions,
     write_section,
 )
+from cpu import CpuMeter  # noqa: E402
 from loadgen import Result, round_trips  # noqa: E402
 
 SCENARIOS = [(1, 100), (50, 100), (1, 16384), (50, 16384)]
-FRAME_TARGETS = ["plain", "uvicorn", "daphne"]
+FRAME_TARGETS = [*PLAIN_RELAYS, *ASGI_SERVERS]
+FRAME_LABELS = {**PLAIN_RELAYS, **ASGI_SERVERS}
+# Each Cloud Connector server registers terminals of its own (Tsns hands each out once).
+FRAME_DEVICES = len(ASGI_SERVERS) * max(pairs for pairs, _ in SCENARIOS)
+# What the frame path's CPU is measured against (issue 13), and the server `make serve` runs.
+CPU_REFERENCE = "node"
+CHOSEN_SERVER = "uvicorn"
 PLAIN_CROSS = "plain relay (one process)"
 CHOSEN_LAYER = "uvicorn x2, RedisChannelLayer"
 
@@ -62,11 +76,13 @@ async def _frame(kind: str, demo: Demo, tsns: list[str], seconds: float) -> dict
     try:
         results = {}
         for pairs_wanted, size in SCENARIOS:
-            if kind == "plain":
+            if kind in PLAIN_RELAYS:
                 pairs, extra = await plain_pairs(server, pairs_wanted)
             else:
                 pairs, extra = await cloud_connector_pairs(server, server, demo, tsns[:pairs_wanted])
-            results[(pairs_wanted, size)] = await round_trips(pairs, size=size, seconds=seconds)
+            # Read the process tree once the sockets are up: granian's worker is a child process.
+            meters = [CpuMeter(pid) for pid in process_tree(server.process.pid)]
+            results[(pairs_wanted, size)] = await round_trips(pairs, size=size, seconds=seconds, meters=meters)
             await close_pairs(pairs, extra)
         return results
     finally:
@@ -74,26 +90,28 @@ async def _frame(kind: str, demo: Demo, tsns: list[str], seconds: float) -> dict
 
 
 def frame_path(demo: Demo, tsns: Tsns, seconds: float) -> dict[str, dict[tuple[int, int], Result]]:
+    if "node" in FRAME_TARGETS:
+        ensure_node_relay()
     results = {}
     for kind in FRAME_TARGETS:
-        print(f"  {kind}", flush=True)
-        wanted = [] if kind == "plain" else tsns.take(max(p for p, _ in SCENARIOS))
+        print(f"  {FRAME_LABELS[kind]}", flush=True)
+        wanted = [] if kind in PLAIN_RELAYS else tsns.take(max(p for p, _ in SCENARIOS))
         results[kind] = asyncio.run(_frame(kind, demo, wanted, seconds))
     return results
 
 
 def frame_table(results: dict[str, dict[tuple[int, int], Result]]) -> list[str]:
     lines = [
-        "| pairs | frame | server | round trips/s | p50 ms | p99 ms | vs plain (rt/s) | vs plain (p50) |",
+        "| pairs | frame | server | round trips/s | p50 ms | p99 ms | server CPU µs per round trip | CPU vs Node ws |",
         "|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for key in SCENARIOS:
-        base = results["plain"][key]
+        reference = results[CPU_REFERENCE][key]
         for kind, by_key in results.items():
             r = by_key[key]
             lines.append(
-                f"| {key[0]} | {key[1]:,} B | {kind} | {r.per_second:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-                f"{r.per_second / base.per_second:.2f} | {r.p50_ms / base.p50_ms:.2f} |"
+                f"| {key[0]} | {key[1]:,} B | {FRAME_LABELS[kind]} | {r.per_second:,.0f} | {r.p50_ms:.2f} | "
+                f"{r.p99_ms:.2f} | {r.cpu_us:.0f} | {r.cpu_us / reference.cpu_us:.2f} |"
             )
     return lines
 
@@ -139,23 +157,24 @@ class Target:
 def targets(frame, cross, one: scale.OneProcess | None) -> list[Target]:
     rows = []
     if frame:
-        plain, ours = frame["plain"][(50, 100)], frame["uvicorn"][(50, 100)]
+        plain, ours = frame["plain"][(50, 100)], frame[CHOSEN_SERVER][(50, 100)]
         ratio = ours.per_second / plain.per_second
         rows.append(
             Target(
                 "one process, 50 pairs, 100 B: round trips/s",
-                "≥ 0.8 × plain",
+                f"≥ 0.8 × {FRAME_LABELS['plain']}",
                 f"{ratio:.2f} × ({ours.per_second:,.0f} vs {plain.per_second:,.0f}/s)",
                 ratio >= 0.8,
             )
         )
-        p50 = ours.p50_ms / plain.p50_ms
+        node = frame[CPU_REFERENCE][(50, 100)]
+        cpu = ours.cpu_us / node.cpu_us
         rows.append(
             Target(
-                "one process, 50 pairs, 100 B: p50 round trip",
-                "≤ 1.5 × plain",
-                f"{p50:.2f} × ({ours.p50_ms:.2f} vs {plain.p50_ms:.2f} ms)",
-                p50 <= 1.5,
+                "one process, 50 pairs, 100 B: server CPU per round trip",
+                "≤ 1.3 × Node ws",
+                f"{cpu:.2f} × ({ours.cpu_us:.0f} vs {node.cpu_us:.0f} µs)",
+                cpu <= 1.3,
             )
         )
     if cross:
@@ -218,7 +237,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     print(f"file descriptors: {raise_fd_limit()}", flush=True)
     print("preparing PostgreSQL and Redis...", flush=True)
-    demo = fresh_backends(devices=2 * 50 + scale.devices_needed(args.terminals, args.live))
+    demo = fresh_backends(devices=FRAME_DEVICES + scale.devices_needed(args.terminals, args.live))
     tsns = Tsns(demo)
     header = [
         f"- Run: {now()}, `bench/run.py --seconds {args.seconds:g} --terminals {args.terminals} --live {args.live}`",
@@ -226,7 +245,10 @@ def main() -> None:
         f"- Versions: {versions()}",
         f"- Backends: {backends()}",
         "- Servers: uvicorn as `make serve` runs it (portal/serve.py: uvloop, websockets sans-I/O, no "
-        "compression); daphne as `make run` does; the plain relay is bench/plain_relay.py.",
+        "compression); daphne as `make run` does; granian with one worker on uvloop (ASGI without lifespan, "
+        "its WebSocket defaults); the plain relays are bench/plain_relay.py (websockets on asyncio and on "
+        "uvloop), bench/plain_relay_picows.py and bench/node_relay/relay.js (Node ws). Server CPU is user + "
+        "system time from /proc of the server's processes during the measured seconds.",
     ]
     print("\n".join(header), flush=True)
     frame = cross = one = None
