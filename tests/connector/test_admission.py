@@ -152,3 +152,77 @@ async def test_once_work_drains_the_same_terminal_comes_in_and_its_work_is_count
     assert admission.pending == 0
     await listener.close()
     await hang_up(device)
+
+
+# --- a live server ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "daphne"])
+def test_a_live_worker_under_a_burst_sheds_with_1013_and_a_hint_and_answers_what_it_admitted(
+    server, tmp_path, transactional_db
+):
+    import asyncio
+    import contextlib
+    import json
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    from tests.factories import make_pos, make_usable_device
+    from tests.live import run_bounded, start_server
+
+    device = make_usable_device()
+    pos = make_pos(store=device.store)
+    live = start_server(tmp_path, server=server, CC_ADMISSION_MIN_PENDING="1", CC_ADMISSION_MAX_WAIT="1")
+    request = {
+        "request": {
+            "flow_id": "1",
+            "resource": {
+                "tsn": device.serial,
+                "custom_registration_data": {
+                    "client_id": pos.application.client_id,
+                    "client_secret": pos.client_secret,
+                },
+            },
+        }
+    }
+    outcomes: list[tuple[str, object]] = []
+
+    sent: list[int] = []
+    first_wave_sent = asyncio.Event()
+
+    async def one() -> None:
+        async with connect(f"{live.ws_url}{DEVICE_LISTENER}", open_timeout=20) as ws:
+            try:
+                await ws.send(json.dumps(request))
+                sent.append(1)
+                if len(sent) >= 20:
+                    first_wave_sent.set()
+                answer = json.loads(await asyncio.wait_for(ws.recv(), 20))
+                outcomes.append(("answered", answer["response"]["resource"]["status"]))
+            except ConnectionClosed as closed:
+                outcomes.append(("closed", (closed.rcvd.code, closed.rcvd.reason) if closed.rcvd else None))
+
+    async def second_wave() -> None:
+        # Connects while the first wave's registrations are being answered (or the first
+        # wave was shed in part already: then it never sends 20, and this one goes at 2 s).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(first_wave_sent.wait(), 2)
+        await asyncio.gather(*(one() for _ in range(20)))
+
+    async def burst() -> None:
+        await asyncio.gather(*(one() for _ in range(20)), second_wave())
+
+    try:
+        run_bounded(burst(), timeout=90)
+    finally:
+        live.stop()
+    shed = [value for kind, value in outcomes if kind == "closed"]
+    answered = [value for kind, value in outcomes if kind == "answered"]
+    assert len(outcomes) == 40
+    assert shed, "a burst of 40 against a gate of 1 shed nothing"
+    for code_and_reason in shed:
+        assert code_and_reason is not None and code_and_reason[0] == SHED_CODE, code_and_reason
+        assert HINT.match(code_and_reason[1]), code_and_reason
+    assert answered and all(status == "ok" for status in answered), answered
+    assert "Traceback" not in live.log()
