@@ -18,6 +18,7 @@ tag), so a marker left in a query could only make it find nothing.
 from __future__ import annotations
 
 import itertools
+import re
 import secrets
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
@@ -138,6 +139,7 @@ class Prepared:
             return _ORM
         if len(set(names)) != len(names) or compiler.has_composite_fields(expressions):
             return _ORM
+        sql, params, slots = _inline_constants(connections[queryset.db], sql, list(params), slots)
         return _Compiled(
             alias=queryset.db,
             sql=sql,
@@ -146,6 +148,40 @@ class Prepared:
             names=tuple(names),
             converters=tuple(compiler.get_converters(expressions).items()),
         )
+
+
+_PLACEHOLDER = re.compile(r"%%|%s")
+
+
+def _inline_constants(connection: Any, sql: str, params: list, slots: list) -> tuple[str, list, list]:
+    """On PostgreSQL, write the parameters that never change (a state, a service code, a
+    constant the ORM bound) into the SQL once, as the literals psycopg's client-side binding
+    would write on every execution anyway: each execution then converts only the values. A
+    device lookup binds a dozen constants for three values; converting them was a sixth of
+    a claim's CPU. Other databases bind parameters natively: left as they are."""
+    if connection.vendor != "postgresql":
+        return sql, params, slots
+    if sum(1 for match in _PLACEHOLDER.finditer(sql) if match.group() == "%s") != len(params):
+        return sql, params, slots  # not one placeholder per parameter: leave it as it is
+    variable = {index for index, _name, _wrapper in slots}
+    kept: list = []
+    renumbered = {}
+    position = iter(range(len(params)))
+
+    def replace(match: re.Match) -> str:
+        if match.group() == "%%":
+            return "%%"
+        index = next(position)
+        if index in variable:
+            renumbered[index] = len(kept)
+            kept.append(params[index])
+            return "%s"
+        # The literal as psycopg's client-side binding writes it; a % in it escaped for the
+        # placeholders that remain.
+        return connection.ops.compose_sql("%s", [params[index]]).replace("%", "%%")
+
+    inlined = _PLACEHOLDER.sub(replace, sql)
+    return inlined, kept, [(renumbered[index], name, wrapper) for index, name, wrapper in slots]
 
 
 def _form(value: Any) -> Any:

@@ -118,6 +118,11 @@ async def sessions(server: Server, demo: Demo, tsns: list[str], concurrency: int
     result, opened = await _measure("whole session (token reused)", server, tsns, session, concurrency)
 
     async def close() -> None:
+        # A session socket the server closed already was refused (a quota, a claim lost):
+        # the figures would count work that was not done.
+        refused = [pair[1].close_code for pair in opened if pair[1].close_code is not None]
+        if refused:
+            raise RuntimeError(f"{len(refused)} session sockets were closed by the server: codes {set(refused)}")
         for side in (1, 0):
             await asyncio.gather(*(pair[side].close() for pair in opened))
         await asyncio.gather(*(listener.close() for listener in listeners))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models import Count
 from django.utils import timezone
 
 from accounts.prepared import Prepared, insert, update
@@ -136,13 +137,14 @@ def pos_socket_attach(*, caller: Caller, session_id: str, endpoint: str, channel
     )
 
 
-# At most `limit` rows (the shape): the quota needs to know whether there are that many.
+# Counted by the database (one row back, whatever the credential holds).
 _held_rows = Prepared(
-    lambda limit, *, application_id, session_id, endpoint: SessionSocket.objects.filter(
+    lambda _shape, *, application_id, session_id, endpoint: SessionSocket.objects.filter(
         side=Side.POS, application_id=application_id
     )
     .exclude(session_id=session_id, endpoint=endpoint)
-    .values("pk")[:limit],
+    .values("application_id")
+    .annotate(held=Count("pk")),
     required=["application_id", "session_id", "endpoint"],
 )
 
@@ -153,7 +155,8 @@ def _within_session_socket_quota(*, caller: Caller, session: DeviceSession, endp
     the same slot adds none. Attaches to different sessions do not wait for each other, so
     a burst of them may pass the limit by the few that count at the same instant."""
     limit = connector_settings.MAX_SESSION_SOCKETS_PER_CREDENTIAL
-    held = len(_held_rows.rows(limit, application_id=caller.application_id, session_id=session.pk, endpoint=endpoint))
+    rows = _held_rows.rows(None, application_id=caller.application_id, session_id=session.pk, endpoint=endpoint)
+    held = rows[0]["held"] if rows else 0
     if held >= limit:
         raise SocketQuotaExceeded(f"This credential already has {held} POS session sockets open (limit {limit}).")
 

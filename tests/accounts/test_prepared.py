@@ -171,3 +171,26 @@ def test_update_changes_only_the_named_row_and_fields():
     assert (changed.claimed_by_id, changed.claimed_at, changed.endpoints) == (pos.application.pk, now, ["/", "/y"])
     assert (untouched.claimed_by_id, untouched.endpoints) == (None, ["/"])
     assert update(DeviceSession, "nope", claimed_at=now) == 0
+
+
+def test_on_postgresql_the_constants_are_written_into_the_sql_once_and_only_the_values_bound():
+    # A device lookup binds a dozen constants (a state, the service code...) for a few values:
+    # on PostgreSQL (client-side binding) they are inlined at compile time, with the answers unchanged.
+    from django.db import connection
+
+    from accounts.scope import Level
+    from connector import selectors
+    from tests.factories import DeviceFactory
+
+    device = DeviceFactory()
+    ids = {"tenant_id": None, "merchant_aggregator_id": None, "merchant_id": device.merchant_id, "store_id": None}
+    prepared = Prepared(selectors._device_candidates_query, required=["serials"])
+    rows = prepared.rows(Level.MERCHANT, serials=[device.serial.lower()], **ids)
+    orm = list(selectors._device_candidates_query(Level.MERCHANT, serials=[device.serial.lower()], **ids))
+    assert rows == orm and rows[0]["id"] == device.pk
+    (compiled,) = prepared._shapes.values()
+    assert not isinstance(compiled, str), "fell back to the ORM"
+    if connection.vendor == "postgresql":
+        assert len(compiled.params) == len(compiled.slots) == 2  # the merchant and the serial
+        assert "'cloud-connector'" in compiled.sql
+    assert prepared.rows(Level.MERCHANT, serials=["nothing-like-it"], **ids) == []
