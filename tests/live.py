@@ -92,14 +92,17 @@ def production_worker_command(port: int) -> list[str]:
     return worker_command("127.0.0.1", port)
 
 
-def start_server(tmp_dir: Path, *, server: str = "daphne", **env_overrides: str) -> LiveServer:
-    port = free_port()
+def start_server(tmp_dir: Path, *, server: str = "daphne", port: int | None = None, **env_overrides: str) -> LiveServer:
+    """A server process on `port` (a free one by default) and the test database; its output
+    appended to `server-<port>.log` in `tmp_dir` (a server started again on the same port
+    writes after the first)."""
+    port = port or free_port()
     log_path = tmp_dir / f"server-{port}.log"
     if server == "uvicorn":
         cmd = production_worker_command(port)
     else:
         cmd = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"]
-    log = log_path.open("wb")
+    log = log_path.open("ab")
     process = subprocess.Popen(cmd, cwd=ROOT, env=server_env(**env_overrides), stdout=log, stderr=subprocess.STDOUT)
     live = LiveServer(process=process, port=port, log_path=log_path)
     deadline = time.monotonic() + 30

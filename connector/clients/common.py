@@ -7,6 +7,9 @@ The wire format is the one of docs/protocol.md (§2, the control envelope).
 from __future__ import annotations
 
 import json
+import math
+import random
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,8 +27,10 @@ CLOSE_MEANINGS: dict[int, str] = {
     1000: "normal closure",
     1001: "server going away",
     1006: "connection lost without a close frame",
+    1007: "text frame that is not UTF-8",
     1009: "message too big",
     1011: "server error",
+    1013: "try again later",
     4400: "protocol violation",
     4401: "not authenticated",
     4403: "not allowed",
@@ -36,6 +41,24 @@ CLOSE_MEANINGS: dict[int, str] = {
     4429: "rate limited",
     4503: "device endpoint not connected",
 }
+
+
+#: Close code of a socket the server sheds under overload (contract v1.1 §17), or of a device
+#: socket that stopped reading (§7): never final, come back after the reason's retry_after.
+TRY_AGAIN_LATER = 1013
+
+#: Bound of a server's retry hint, in seconds. The server's own hints are short (the
+#: failed-registration window is 60 s by default); the bound keeps a wrong or hostile hint
+#: (retry_after=10**9) from silencing a terminal for good.
+MAX_RETRY_AFTER = 600.0
+
+# 2**40 times any sensible min_delay is far above any max_delay; past it the exponent only
+# risks an OverflowError (a float cannot hold 2**1100).
+_MAX_EXPONENT = 40
+
+# `retry_after=N` in a close reason ("try again later; retry_after=5"): N whole seconds,
+# a word of its own (not "retry_after=5s", not "x_retry_after=5").
+_RETRY_AFTER_IN_REASON = re.compile(r"(?:^|[\s;,])retry_after=([0-9]+)(?=$|[\s;,])")
 
 
 class ClientError(Exception):
@@ -167,3 +190,72 @@ def preview(frame: Frame, limit: int = 500) -> str:
         head = frame[:32].hex(" ")
         return f"<binary, {len(frame)} bytes: {head}{' …' if len(frame) > 32 else ''}>"
     return frame if len(frame) <= limit else f"{frame[:limit]} … ({len(frame)} characters)"
+
+
+# -- reconnecting: backoff with full jitter and the server's retry hint ----------------------
+
+
+def backoff_delay(attempt: int, *, min_delay: float, max_delay: float) -> float:
+    """Exponential backoff with full jitter ("full jitter" of the AWS architecture blog): a
+    delay drawn uniformly from [0, min(max_delay, min_delay * 2**(attempt - 1))].
+
+    `attempt` counts the consecutive failures, from 1. Drawing from zero, not from half the
+    bound, spreads a fleet that lost its server at the same instant over the whole window,
+    so that it does not come back in waves."""
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        raise ValueError(f"attempt counts failures from 1, not {attempt!r}")
+    if not (math.isfinite(min_delay) and math.isfinite(max_delay)) or not 0 <= min_delay <= max_delay:
+        raise ValueError(f"the backoff needs 0 <= min_delay <= max_delay, not {min_delay!r} and {max_delay!r}")
+    ceiling = min(max_delay, min_delay * 2 ** min(attempt - 1, _MAX_EXPONENT))
+    return random.uniform(0, ceiling)
+
+
+def retry_after_from_reason(reason: str | None) -> float | None:
+    """The `retry_after=N` of a close reason (`try again later; retry_after=5`), in seconds,
+    capped at MAX_RETRY_AFTER; None when the reason carries none or a malformed one."""
+    if not reason:
+        return None
+    match = _RETRY_AFTER_IN_REASON.search(reason)
+    if match is None:
+        return None
+    return _capped(int(match.group(1)))
+
+
+def retry_after_value(value: object) -> float | None:
+    """A `retry_after` field of an error resource (the 429 `rate_limited` answer, §3), in
+    seconds, capped at MAX_RETRY_AFTER; None when it is absent, negative or not a number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+        if not value.isascii() or not value.isdecimal():
+            return None
+        if len(value) > 12:  # more than 30,000 years: capped without parsing (int() refuses 4,300 digits)
+            return MAX_RETRY_AFTER
+        value = int(value)
+    if not isinstance(value, int | float) or (isinstance(value, float) and math.isnan(value)) or value < 0:
+        return None
+    return _capped(value)
+
+
+def _capped(seconds: int | float) -> float:
+    # Compared before float(): float(10**400) raises OverflowError.
+    return MAX_RETRY_AFTER if seconds > MAX_RETRY_AFTER else float(seconds)
+
+
+def close_retry_after(code: int | None, reason: str | None) -> float | None:
+    """The retry hint of a close: only a 1013 (try again later) carries one."""
+    return retry_after_from_reason(reason) if code == TRY_AGAIN_LATER else None
+
+
+def retry_delay(attempt: int, *, min_delay: float, max_delay: float, retry_after: float | None = None) -> float:
+    """How long to wait before the next attempt: the server's hint, if any, plus the jittered
+    backoff.
+
+    Added, not the larger of the two: every client shed in the same second is given the
+    same hint, so the hint alone (or a backoff that the hint swallows) would bring them back
+    in the same second, the lockstep the shedding was meant to break up. The jitter on top
+    spreads them over the window after the hint, and the wait is never shorter than what
+    the server asked for."""
+    hint = 0.0 if retry_after is None else min(max(0.0, retry_after), MAX_RETRY_AFTER)
+    return hint + backoff_delay(attempt, min_delay=min_delay, max_delay=max_delay)

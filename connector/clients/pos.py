@@ -42,11 +42,13 @@ from connector.clients.common import (
     SocketClosed,
     bearer_header,
     close_of,
+    close_retry_after,
     encode_request,
     endpoint_url,
     http_base,
     new_flow_id,
     parse_envelope,
+    retry_delay,
     websocket_base,
 )
 
@@ -242,7 +244,8 @@ class PosClient:
       the response with the same flow id; an error response raises ControlError.
     - Events go to `events` (an asyncio.Queue) and to `on_event` if given.
     - When the listener closes, pending requests fail with SocketClosed and `closed` tells
-      the close code (4401: token, 4403: scope or origin, 1001: server going away).
+      the close code (4401: token, 4403: scope or origin, 1001: server going away, 1013:
+      the server sheds load). `reconnect()` opens it again with backoff and jitter.
     """
 
     def __init__(
@@ -266,6 +269,7 @@ class PosClient:
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._closed_event = asyncio.Event()
+        self._failures = 0  # reconnections since a request was last answered
 
     @classmethod
     async def with_credentials(
@@ -286,10 +290,50 @@ class PosClient:
             self._ws = await connect(
                 self.url + POS_LISTENER_PATH, additional_headers=bearer_header(self.token), **self.connect_kwargs
             )
-        except InvalidHandshake as exc:
+        except (ConnectionClosed, InvalidHandshake) as exc:
             raise SocketClosed("pos-listener", *close_of(exc)) from None
         self._reader = asyncio.create_task(self._read(self._ws), name="pos-listener reader")
         return self
+
+    async def reconnect(self, *, min_delay: float = 0.5, max_delay: float = 30.0, max_attempts: int = 10) -> PosClient:
+        """Open the pos-listener again after the server closed it (1001 on a restart, 1013
+        when it sheds load, 1006 on a lost connection), as docs/protocol.md ("Reconnecting
+        after a loss or a restart") asks: wait a delay with full jitter, plus the last
+        close's `retry_after` if it was a 1013, then connect; a refused handshake is tried
+        again, up to `max_attempts` times, after which SocketClosed says why.
+
+        Claims live on the server and survive a restart within the grace period: nothing is
+        claimed again, and `open_session` reopens the session sockets as before. A shed
+        listener shows on the next request (SocketClosed with 1013); calling `reconnect()`
+        again then waits longer, the attempts counting on until a request is answered."""
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {max_attempts!r}")
+        await self._drop_listener()
+        last = self.closed
+        hint = close_retry_after(last.code, last.reason) if last is not None else None
+        why = str(last) if last is not None else "not connected"
+        for _ in range(max_attempts):
+            self._failures += 1
+            await asyncio.sleep(retry_delay(self._failures, min_delay=min_delay, max_delay=max_delay, retry_after=hint))
+            self.closed = None
+            self._closed_event = asyncio.Event()
+            try:
+                return await self.connect()
+            except SocketClosed as exc:
+                why, hint = str(exc), close_retry_after(exc.code, exc.reason)
+            except (OSError, TimeoutError) as exc:
+                why, hint = f"pos-listener: {exc or type(exc).__name__}", None
+            self.closed = CloseReport("pos-listener", None, why)
+        raise SocketClosed("pos-listener", None, f"not reopened after {max_attempts} attempts; last: {why}")
+
+    async def _drop_listener(self) -> None:
+        """Forget the listener (closing it if it is still open) and the closed session sockets."""
+        if self._ws is not None and self.closed is None:
+            await self._ws.close(1000, "reconnecting")
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        self._ws, self._reader = None, None
+        self.sessions = [session for session in self.sessions if session.close_code is None]
 
     async def close(self) -> None:
         """Close the session sockets and the listener (1000)."""
@@ -332,6 +376,7 @@ class PosClient:
             raise SocketClosed("pos-listener", *close_of(exc)) from None
         finally:
             self._pending.pop(flow_id, None)
+        self._failures = 0  # answered: the listener is served, a later loss starts a new series
         if result.get("status") != "ok":
             raise ControlError(result, action=str(resource.get("action") or "request"))
         return result
@@ -389,7 +434,7 @@ class PosClient:
             ws = await connect(
                 endpoint_url(base, endpoint), additional_headers=bearer_header(self.token), **self.connect_kwargs
             )
-        except InvalidHandshake as exc:
+        except (ConnectionClosed, InvalidHandshake) as exc:
             raise SocketClosed(f"session socket {endpoint}", *close_of(exc)) from None
         session = SessionSocket(endpoint, ws)
         self.sessions.append(session)

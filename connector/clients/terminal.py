@@ -19,7 +19,6 @@ import contextlib
 import inspect
 import json
 import logging
-import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from connector.clients.common import (
     DEVICE_LISTENER_PATH,
+    TRY_AGAIN_LATER,
     ClientError,
     CloseReport,
     ControlError,
@@ -38,10 +38,16 @@ from connector.clients.common import (
     SocketClosed,
     bearer_header,
     close_of,
+    close_retry_after,
     endpoint_url,
     parse_envelope,
+    retry_after_value,
+    retry_delay,
     websocket_base,
 )
+
+# Re-exported: it was defined here before the POS client needed it too, and callers import it from here.
+from connector.clients.common import backoff_delay as backoff_delay
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +58,7 @@ Script = Responder | Mapping[str, Responder | Frame]
 # Close codes of a device socket after which coming back cannot help: the endpoint is
 # not registered, another socket (another instance of this terminal) took it over, or
 # the connection is not allowed at all. Reconnecting would only fight the other socket.
+# 1013 (try again later) is never final: the server sheds load and asks to come back.
 FINAL_CLOSE_CODES = frozenset({4403, 4404, 4409})
 
 
@@ -184,13 +191,6 @@ async def register(
     return Registration.from_resource(envelope.resource)
 
 
-def backoff_delay(attempt: int, *, min_delay: float, max_delay: float) -> float:
-    """Exponential backoff with jitter, bounded by max_delay, so that a fleet of terminals
-    coming back after an outage does not reconnect in lockstep."""
-    delay = min(max_delay, min_delay * 2 ** max(0, attempt - 1))
-    return delay * (0.5 + random.random() / 2)
-
-
 class SimulatedTerminal:
     """A terminal that registers, keeps one socket per endpoint, answers, and comes back.
 
@@ -201,8 +201,14 @@ class SimulatedTerminal:
     - `on_frame(endpoint, received, answer)`, `on_close(CloseReport)`,
       `on_registered(Registration)`, `on_retry(why, delay)`: callbacks for a person
       watching (the simulate_device command).
-    - Reconnection: after a loss the terminal re-registers with a backoff between
-      `min_delay` and `max_delay` seconds; `max_attempts` consecutive failures stop it.
+    - Reconnection (docs/protocol.md, "Reconnecting after a loss or a restart"): after a
+      loss the terminal registers again after a delay drawn with full jitter from
+      [0, min(max_delay, min_delay * 2**(failures - 1))] (`backoff_delay`), plus the server's
+      hint when it gave one: the `retry_after=N` of a 1013 close (on the device-listener or
+      a device socket) or the `retry_after` of a 429 answer (`retry_delay`). Failures are
+      counted until a connection is served and lost other than by a 1013;
+      `max_attempts` consecutive failures stop it (None: never). A 1013 never does.
+    - `attempts` counts the registrations tried, `sheds` the 1013 closes seen.
     """
 
     def __init__(
@@ -246,6 +252,8 @@ class SimulatedTerminal:
         self.inbox: dict[str, asyncio.Queue[Frame]] = {}
         self.registration: Registration | None = None
         self.registrations = 0
+        self.attempts = 0
+        self.sheds = 0
         self.closes: deque[CloseReport] = deque(maxlen=1000)
         self.last_error: str | None = None
         self._sockets: dict[str, ClientConnection] = {}
@@ -261,6 +269,15 @@ class SimulatedTerminal:
     def online(self) -> bool:
         return self._online.is_set()
 
+    @property
+    def stopped_by(self) -> BaseException | None:
+        """What ended the background run on its own (TerminalStopped: a final close, a refused
+        registration, `max_attempts` exhausted); None while it runs or once `stop()` ended it."""
+        task = self._task
+        if task is None or not task.done() or task.cancelled():
+            return None
+        return task.exception()
+
     async def start(self, timeout: float = 10) -> Registration:
         """Run in the background and return once every endpoint socket is open."""
         if self._task is None:
@@ -268,20 +285,29 @@ class SimulatedTerminal:
         return await self.wait_online(timeout)
 
     async def wait_online(self, timeout: float = 10) -> Registration:
-        """Wait until every endpoint socket is open; raise the run's error if it stopped."""
-        waiter = asyncio.create_task(self._online.wait())
-        watched: set[asyncio.Future[Any]] = {waiter} | ({self._task} if self._task else set())
-        try:
-            done, _ = await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-        if self._online.is_set() and self.registration is not None:
-            return self.registration
-        if self._task is not None and self._task in done:
-            self._task.result()
-            raise TerminalStopped("the terminal stopped")
-        last = f"; last: {self.last_error}" if self.last_error else ""
-        raise TimeoutError(f"terminal {self.tsn} not online within {timeout} s{last}")
+        """Wait until every endpoint socket is open; raise the run's error if it stopped.
+
+        Online means online when this returns: a socket the server sheds (1013) right after
+        opening it makes the terminal online for an instant only, and the wait goes on."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (self._online.is_set() and self.registration is not None):
+            left = deadline - loop.time()
+            if left <= 0:
+                last = f"; last: {self.last_error}" if self.last_error else ""
+                raise TimeoutError(f"terminal {self.tsn} not online within {timeout} s{last}")
+            waiter = asyncio.create_task(self._online.wait())
+            watched: set[asyncio.Future[Any]] = {waiter} | ({self._task} if self._task else set())
+            try:
+                done, _ = await asyncio.wait(watched, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            if self._task is not None and self._task in done:
+                self._task.result()
+                raise TerminalStopped("the terminal stopped")
+            if waiter in done:
+                await asyncio.sleep(0)  # let a socket closed as soon as opened be noticed
+        return self.registration
 
     async def wait_stopped(self) -> None:
         """Wait for the background run to end; raise its error if it failed."""
@@ -336,33 +362,47 @@ class SimulatedTerminal:
         failures = 0
         while not self._stopping:
             await self._may_connect.wait()
+            hint: float | None = None
             try:
                 registration = await self._register()
-                failures = 0
                 report = await self._serve(registration)
                 why = f"device socket {report}"
             except RegistrationRefused as exc:
                 if exc.status_code != 429:
                     raise TerminalStopped(str(exc)) from exc
-                why = str(exc)
+                why, hint = str(exc), retry_after_value(exc.resource.get("retry_after"))
+            except SocketClosed as exc:
+                why, hint = str(exc), self._shed_hint(exc.code, exc.reason)
             except (ClientError, OSError, TimeoutError, InvalidHandshake) as exc:
                 why = str(exc) or type(exc).__name__
             else:
                 if report.code in FINAL_CLOSE_CODES and not self._stopping:
                     raise TerminalStopped(why)
+                hint = self._shed_hint(report.code, report.reason)
+                if report.code != TRY_AGAIN_LATER:
+                    # The terminal was served: a new loss starts a new series of attempts.
+                    # A shed socket was not served, and its attempt counts on.
+                    failures = 0
             if self._stopping:
                 return
             failures += 1
             if self.max_attempts is not None and failures > self.max_attempts:
                 raise TerminalStopped(f"gave up after {self.max_attempts} attempts; last: {why}")
             self.last_error = why
-            delay = backoff_delay(failures, min_delay=self.min_delay, max_delay=self.max_delay)
+            delay = retry_delay(failures, min_delay=self.min_delay, max_delay=self.max_delay, retry_after=hint)
             logger.info("%s: %s; again in %.1f s", self.tsn, why, delay)
             if self.on_retry is not None:
                 self.on_retry(why, delay)
             await asyncio.sleep(delay)
 
+    def _shed_hint(self, code: int | None, reason: str) -> float | None:
+        """Count a 1013 close and return its retry hint (None for any other close)."""
+        if code == TRY_AGAIN_LATER:
+            self.sheds += 1
+        return close_retry_after(code, reason)
+
     async def _register(self) -> Registration:
+        self.attempts += 1
         registration = await register(
             self.url,
             tsn=self.tsn,
@@ -409,11 +449,16 @@ class SimulatedTerminal:
         return self._report(readers[first], sockets[readers[first]])
 
     async def _open(self, registration: Registration, endpoint: str) -> ClientConnection:
-        return await connect(
-            endpoint_url(registration.connection_url, endpoint),
-            additional_headers=registration.headers,
-            **self.connect_kwargs,
-        )
+        try:
+            return await connect(
+                endpoint_url(registration.connection_url, endpoint),
+                additional_headers=registration.headers,
+                **self.connect_kwargs,
+            )
+        except (ConnectionClosed, InvalidHandshake) as exc:
+            # A connection lost during the handshake (a server restarting, or shedding under
+            # load) is a failed attempt like any other, retried after the backoff.
+            raise SocketClosed(f"device socket {endpoint}", *close_of(exc)) from None
 
     async def _answer_all(self, endpoint: str, ws: ClientConnection) -> None:
         with contextlib.suppress(ConnectionClosed):

@@ -71,12 +71,16 @@ class BaseConsumer(AsyncWebsocketConsumer):
     # that never does (the device-listener, the 4404 catch-all) gets no channel and no layer
     # task: a registration storm then costs the layer nothing for them.
     layer_messages: bool = True
+    # Whether the socket's admitted control work goes on past its connect handler (the
+    # device-listener's registration): it then calls `release_admission` when that is done.
+    holds_admission: bool = False
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.closed = False  # no more frames or events: closing, or closed
         self.disconnected = False  # the disconnect handler has run
         self.session_id: str | None = None
+        self.admitted = False  # counted by connector.relay.admission until `release_admission`
         # What the socket's log lines carry (portal.logs.CONTEXT_FIELDS); never a secret.
         self.log_fields: dict[str, Any] = {}
 
@@ -200,9 +204,17 @@ class BaseConsumer(AsyncWebsocketConsumer):
         if not admission.enter():
             await self.shed()
             return
+        self.admitted = True
         try:
             await super().websocket_connect(message)
         finally:
+            if not self.holds_admission:
+                self.release_admission()
+
+    def release_admission(self) -> None:
+        """This socket's control work is done: it no longer counts against admission."""
+        if self.admitted:
+            self.admitted = False
             admission.leave()
 
     async def shed(self) -> None:

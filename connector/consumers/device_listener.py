@@ -13,7 +13,6 @@ from connector.conf import connector_settings
 from connector.consumers.base import BaseConsumer, db
 from connector.protocol import Close
 from connector.relay import servers
-from connector.relay.admission import admission
 from connector.relay.tasks import spawn
 
 logger = logging.getLogger(__name__)
@@ -109,6 +108,11 @@ class DeviceListenerConsumer(BaseConsumer):
 
     kind = "device_listener"
     layer_messages = False  # one request, one answer: no group, no event
+    # Admitted with its socket, the registration counts against admission until answered
+    # (connector.relay.admission): a storm of terminals connecting first and registering a
+    # moment later is then shed at connect, instead of queueing registrations past the
+    # terminals' patience.
+    holds_admission = True
 
     async def connect(self) -> None:
         servers.server_socket_tune(self, max_message=protocol.CONTROL_MESSAGE_LIMIT)
@@ -137,19 +141,23 @@ class DeviceListenerConsumer(BaseConsumer):
             await self.close_socket(Close.TOO_BIG)
             return
         bearer = bearer_from_header(self.header(b"authorization"))
-        # The registration is control work this process admitted with the socket: counted
-        # until answered (connector.relay.admission), never refused half-way.
-        admission.join()
         try:
             response = await _answer_registration(
                 text=text, bearer=bearer, address=self.client_address(), base_url=self.public_base_url()
             )
         finally:
-            admission.leave()
-        await self.send(text_data=response)
+            self.release_admission()
+        try:
+            await self.send(text_data=response)
+        except OSError:
+            # The terminal gave up waiting and left (uvicorn's ClientDisconnected): it will
+            # register again; its session, if this created one, is the one it will get.
+            self.log("gone before its answer")
+            return
         await self.close_socket(Close.NORMAL)
 
     async def disconnect(self, code: int) -> None:
+        self.release_admission()  # left (or timed out) before its registration was answered
         self.closed = True
         timeout = getattr(self, "timeout", None)
         if timeout is not None:

@@ -7,8 +7,8 @@ socket costs control-path work (a registration, an attach, a claim: database and
 round trips); a worker that takes them all at once answers none of them in time, and the
 terminals retry into an even longer queue. Here a worker counts the control operations in
 flight (`pending`: sockets between their handshake and the end of their connect handler,
-and registrations being answered) and how many it finished over the last few seconds
-(`rate`). A new socket is admitted while `pending` stays under
+and device-listeners until their registration is answered) and how many it finished over
+the last few seconds (`rate`). A new socket is admitted while `pending` stays under
 
     max(ADMISSION_MIN_PENDING, rate × ADMISSION_MAX_WAIT)
 
@@ -43,7 +43,8 @@ REASON = "try again later; retry_after={}"
 @dataclass
 class Admission:
     """One process's gate. `enter()` answers whether a new socket may come in; every socket
-    admitted (and every registration) `leave()`s once when its control work is done."""
+    admitted `leave()`s once when its control work is done (a device-listener once its
+    registration is answered)."""
 
     clock: Callable[[], float] = time.monotonic
     draw: Callable[[int, int], int] = random.randint
@@ -72,11 +73,6 @@ class Admission:
             return False
         self.pending += 1
         return True
-
-    def join(self) -> None:
-        """A control operation that must be answered whatever the load (a registration on a
-        device-listener already admitted): counted, never refused."""
-        self.pending += 1
 
     def leave(self) -> None:
         self.pending = max(0, self.pending - 1)
