@@ -79,7 +79,8 @@ BENCH_RATES = {
 def server_env(settings: str = "portal.settings", *, port: int | None = None) -> dict[str, str]:
     """Cloud Connector on PostgreSQL and Redis in production mode, as docs/deploy.md runs
     it, except that no TLS proxy stands in front: plain ws:// and http:// on 127.0.0.1."""
-    env = {**os.environ, "DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL, "LOG_LEVEL": "WARNING"}
+    log_level = os.environ.get("BENCH_LOG_LEVEL", "WARNING")  # the servers' (INFO: lifecycle lines too)
+    env = {**os.environ, "DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL, "LOG_LEVEL": log_level}
     env.setdefault("DB_CONN_MAX_AGE", "60")  # docs/deploy.md recommends persistent connections
     env.update(DEBUG="false", SECRET_KEY=BENCH_SECRET_KEY, ALLOWED_HOSTS="127.0.0.1", SECURE_SSL_REDIRECT="false")
     # Production refuses to start without dedicated device-token keys and a mail backend

@@ -662,7 +662,8 @@ def storm(demo: Demo, tsns: Tsns, terminals: int, claims: int) -> StormResult:
         raise ValueError(f"the storm needs at least 1 terminal and 0 to {terminals} claims, not {claims}")
     raise_fd_limit()
     with tempfile.TemporaryDirectory(prefix="storm-") as tmp:
-        log_path = Path(tmp) / "worker.log"
+        # BENCH_STORM_LOG keeps the workers' log (with BENCH_LOG_LEVEL=INFO, their lifecycle lines).
+        log_path = Path(os.environ.get("BENCH_STORM_LOG") or Path(tmp) / "worker.log")
         try:
             # uvloop, as the server runs: the fleet's own event loop costs less and stays
             # further from being what limits the storm.

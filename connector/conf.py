@@ -90,7 +90,7 @@ class ConnectorSettings:
     #: Admission (connector.relay.admission): a worker admits new sockets while its control
     #: operations in flight stay under max(ADMISSION_MIN_PENDING, its completion rate ×
     #: ADMISSION_MAX_WAIT seconds) and sheds the rest with 1013 and a retry hint. 0: off.
-    ADMISSION_MIN_PENDING: int = 64
+    ADMISSION_MIN_PENDING: int = 256
     ADMISSION_MAX_WAIT: float = 2.0
 
 

@@ -152,10 +152,36 @@ async def deliver(events: list[tuple[str, dict]]) -> None:
             logger.exception("could not deliver %s to %s", message.get("type"), group)
 
 
+def pos_event(*, application_id: int, event: str, session_id: str, tsn: str) -> tuple[str, dict]:
+    """One of §5's events for the pos-listener sockets of a credential: (group, message)."""
+    return listener_group(application_id), {"type": "pos.event", "event": event, "session_id": session_id, "tsn": tsn}
+
+
 def pos_event_after_commit(*, application_id: int | None, event: str, session_id: str, tsn: str) -> None:
     """One of §5's events for the pos-listener sockets of the credential holding a claim."""
     if application_id is None:
         return
-    send_after_commit(
-        listener_group(application_id), {"type": "pos.event", "event": event, "session_id": session_id, "tsn": tsn}
-    )
+    send_after_commit(*pos_event(application_id=application_id, event=event, session_id=session_id, tsn=tsn))
+
+
+def send_all_after_commit(events: list[tuple[str, dict]]) -> None:
+    """Several (group or Channel, message) events once the transaction commits, in order, in
+    one trip to the event loop (a commit that ends or forgets thousands of sessions would
+    otherwise wait for the channel layer once per event)."""
+    if not events:
+        return
+
+    def send() -> None:
+        outbox = getattr(_collecting, "outbox", None)
+        if outbox is not None:
+            outbox.extend(events)
+            return
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        try:
+            async_to_sync(deliver)(events)
+        except Exception:  # noqa: BLE001 - a committed change must not fail because a layer hiccuped
+            logger.exception("could not deliver %d events", len(events))
+
+    transaction.on_commit(send)

@@ -21,8 +21,8 @@ from connector import groups
 from connector.conf import connector_settings
 from connector.models import DeviceSession, NodeHeartbeat, SessionSocket
 from connector.selectors import ended_retention
-from connector.session_sockets import offline_if_no_device_socket
-from connector.sessions import State, grace_period, sessions_end, sessions_lock
+from connector.session_sockets import lock_sessions, offline_if_no_device_socket
+from connector.sessions import State, grace_period, sessions_end
 
 
 def node_timeout() -> timedelta:
@@ -52,7 +52,7 @@ def node_forget(*, node: str) -> None:
             SessionSocket.objects.filter(node=node).values_list("session_id", "side", "endpoint", "channel_name")
         )
         sessions = sorted({row[0] for row in mine})
-        sessions_lock(sessions)
+        lock_sessions(sessions)
         SessionSocket.objects.filter(node=node).delete()
         NodeHeartbeat.objects.filter(node=node).delete()
         _tell_peers_elsewhere(mine)
@@ -66,12 +66,18 @@ def _tell_peers_elsewhere(gone: list[tuple[str, str, str, str]]) -> None:
     peers = SessionSocket.objects.filter(session_id__in={row[0] for row in gone}).values_list(
         "session_id", "side", "endpoint", "channel_name"
     )
+    events = []
     for session_id, side, endpoint, channel in peers:
         other = SessionSocket.Side.POS if side == SessionSocket.Side.DEVICE else SessionSocket.Side.DEVICE
         left = by_slot.get((session_id, endpoint, other))
         if left is not None:
-            event = {"type": "peer.detached", "side": other, "endpoint": endpoint, "channel": left}
-            groups.send_after_commit(groups.Channel(channel), event)
+            events.append(
+                (
+                    groups.Channel(channel),
+                    {"type": "peer.detached", "side": other, "endpoint": endpoint, "channel": left},
+                )
+            )
+    groups.send_all_after_commit(events)
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,7 @@ def _sweep_dead_nodes(*, now: datetime) -> tuple[list[str], int]:
     alive = NodeHeartbeat.objects.filter(seen_at__gte=cutoff).values("node")
     dead = SessionSocket.objects.exclude(node__in=alive).filter(connected_at__lt=cutoff)
     sessions = list(dead.values_list("session_id", flat=True).distinct())
-    sessions_lock(sessions)
+    lock_sessions(sessions)
     dead.delete()
     nodes_dead, _ = NodeHeartbeat.objects.filter(seen_at__lt=cutoff).delete()
     return offline_if_no_device_socket(session_ids=sessions, now=now), nodes_dead

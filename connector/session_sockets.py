@@ -26,7 +26,7 @@ from connector.callers import Caller
 from connector.conf import connector_settings
 from connector.errors import NotClaimHolder, SocketQuotaExceeded, UnknownEndpoint, UnknownSession
 from connector.models import DeviceSession, SessionSocket
-from connector.sessions import Side, State, live_session_lock, session_lock, sessions_lock
+from connector.sessions import Side, State, live_session_lock, session_lock
 
 
 @dataclass(frozen=True)
@@ -139,12 +139,12 @@ def pos_socket_attach(*, caller: Caller, session_id: str, endpoint: str, channel
 
 # Counted by the database (one row back, whatever the credential holds).
 _held_rows = Prepared(
-    lambda _shape, *, application_id, session_id, endpoint: SessionSocket.objects.filter(
-        side=Side.POS, application_id=application_id
-    )
-    .exclude(session_id=session_id, endpoint=endpoint)
-    .values("application_id")
-    .annotate(held=Count("pk")),
+    lambda _shape, *, application_id, session_id, endpoint: (
+        SessionSocket.objects.filter(side=Side.POS, application_id=application_id)
+        .exclude(session_id=session_id, endpoint=endpoint)
+        .values("application_id")
+        .annotate(held=Count("pk"))
+    ),
     required=["application_id", "session_id", "endpoint"],
 )
 
@@ -223,24 +223,42 @@ def socket_detach(*, session_id: str, side: str, endpoint: str, channel_name: st
 def offline_if_no_device_socket(*, session_ids: list[str], now: datetime) -> list[str]:
     """Take online sessions without a device socket offline. The callers hold the
     sessions' locks; the sockets are counted after the lock was granted, so that an attach
-    that committed meanwhile is seen."""
-    online = [s for s in sessions_lock(session_ids) if s.state == State.ONLINE]
+    that committed meanwhile is seen. Reads only what it needs (a worker shutting down runs
+    this for all its sessions at once), and its events leave in one go after the commit."""
+    online = [row for row in lock_sessions(session_ids) if row[1] == State.ONLINE]
     attached = set(
-        SessionSocket.objects.filter(session_id__in=[s.pk for s in online], side=Side.DEVICE).values_list(
+        SessionSocket.objects.filter(session_id__in=[row[0] for row in online], side=Side.DEVICE).values_list(
             "session_id", flat=True
         )
     )
-    going = [s for s in online if s.pk not in attached]
+    going = [row for row in online if row[0] not in attached]
     if not going:
         return []
-    DeviceSession.objects.filter(pk__in=[s.pk for s in going], state=State.ONLINE).update(
+    DeviceSession.objects.filter(pk__in=[row[0] for row in going], state=State.ONLINE).update(
         state=State.OFFLINE, offline_at=now
     )
-    for session in going:
-        groups.pos_event_after_commit(
-            application_id=session.claimed_by_id, event="device_offline", session_id=session.pk, tsn=session.device.tsn
-        )
-    return [s.pk for s in going]
+    groups.send_all_after_commit(
+        [
+            groups.pos_event(
+                application_id=holder, event="device_offline", session_id=pk, tsn=f"{make}-{model}-{serial}"
+            )
+            for pk, _state, holder, make, model, serial in going
+            if holder is not None
+        ]
+    )
+    return [row[0] for row in going]
+
+
+def lock_sessions(session_ids: list[str]) -> list[tuple]:
+    """`sessions_lock` for many sessions (same rows, same order, same lock) reading only the
+    id, the state, the claim holder and the device's tsn parts (make, model, serial): no
+    model built per row."""
+    return list(
+        DeviceSession.objects.select_for_update(of=("self",))
+        .filter(pk__in=session_ids)
+        .order_by("pk")
+        .values_list("pk", "state", "claimed_by_id", "device__make", "device__model", "device__serial")
+    )
 
 
 def _other(side: str) -> str:

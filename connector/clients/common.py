@@ -249,13 +249,15 @@ def close_retry_after(code: int | None, reason: str | None) -> float | None:
 
 
 def retry_delay(attempt: int, *, min_delay: float, max_delay: float, retry_after: float | None = None) -> float:
-    """How long to wait before the next attempt: the server's hint, if any, plus the jittered
-    backoff.
+    """How long to wait before the next attempt: the jittered backoff, or, when the server
+    gave a hint, the hint and up to `min_delay` more.
 
-    Added, not the larger of the two: every client shed in the same second is given the
-    same hint, so the hint alone (or a backoff that the hint swallows) would bring them back
-    in the same second, the lockstep the shedding was meant to break up. The jitter on top
-    spreads them over the window after the hint, and the wait is never shorter than what
-    the server asked for."""
-    hint = 0.0 if retry_after is None else min(max(0.0, retry_after), MAX_RETRY_AFTER)
-    return hint + backoff_delay(attempt, min_delay=min_delay, max_delay=max_delay)
+    The server draws its hints evenly over the time it needs for the work it refused (a
+    shed socket's `retry_after`, connector.relay.admission), so the clients it shed come back
+    spread out already; the extra fraction keeps those given the same whole second from
+    arriving in the same instant. Adding the full backoff on top would only keep the server
+    idle once its queue has drained. Never shorter than what the server asked for."""
+    if retry_after is None:
+        return backoff_delay(attempt, min_delay=min_delay, max_delay=max_delay)
+    hint = min(max(0.0, retry_after), MAX_RETRY_AFTER)
+    return hint + random.uniform(0.0, min_delay)  # noqa: S311 - spreading retries, not a secret

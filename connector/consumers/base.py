@@ -74,6 +74,11 @@ class BaseConsumer(AsyncWebsocketConsumer):
     # Whether the socket's admitted control work goes on past its connect handler (the
     # device-listener's registration): it then calls `release_admission` when that is done.
     holds_admission: bool = False
+    # Whether admission control may shed this socket. Only the listeners, where work enters:
+    # a device socket follows a registration this process admitted a moment ago (shedding it
+    # would throw that work away and send the terminal to register again), a POS session
+    # socket follows a claim. Those are counted, never shed.
+    sheddable: bool = False
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -201,7 +206,7 @@ class BaseConsumer(AsyncWebsocketConsumer):
         if registry.shutting_down:
             await self.refuse(Close.GOING_AWAY)  # reconnect to another node
             return
-        if not admission.enter():
+        if not admission.enter(sheddable=self.sheddable):
             await self.shed()
             return
         self.admitted = True
@@ -241,8 +246,9 @@ class BaseConsumer(AsyncWebsocketConsumer):
         registry.remove(self)
         # Channels' own version, less its last step: a hop to its database thread to close
         # stale connections, which `db` does around every database call instead.
-        for group in self.groups:
-            await self.channel_layer.group_discard(group, self.channel_name)
+        if not registry.shutting_down:  # else the shutdown leaves every group at once
+            for group in self.groups:
+                await self.channel_layer.group_discard(group, self.channel_name)
         await self.disconnect(message["code"])
         raise StopConsumer()
 

@@ -113,6 +113,7 @@ class DeviceListenerConsumer(BaseConsumer):
     # moment later is then shed at connect, instead of queueing registrations past the
     # terminals' patience.
     holds_admission = True
+    sheddable = True
 
     async def connect(self) -> None:
         servers.server_socket_tune(self, max_message=protocol.CONTROL_MESSAGE_LIMIT)

@@ -108,6 +108,7 @@ class PosListenerConsumer(PosCaller, BaseConsumer):
     credential holds. A malformed request gets a 400 and the socket stays open."""
 
     kind = "pos_listener"
+    sheddable = True  # where a POS's work enters (connector.relay.admission)
 
     async def connect(self) -> None:
         # The server's limit binds answers too, and a `devices` answer for a large scope is

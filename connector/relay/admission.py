@@ -12,11 +12,12 @@ the last few seconds (`rate`). A new socket is admitted while `pending` stays un
 
     max(ADMISSION_MIN_PENDING, rate × ADMISSION_MAX_WAIT)
 
-so that one admitted now is served within about ADMISSION_MAX_WAIT seconds; past it, the
-socket is accepted and closed at once with 1013 and the reason
-`try again later; retry_after=<seconds>`, drawn evenly between 1 and how long the work
-pending and the work just refused would take at the measured rate, so that a wave of
-refused terminals comes back spread out (the clients add their own jitter: docs/protocol.md).
+so that one admitted now is served within about ADMISSION_MAX_WAIT seconds; past it, a new
+listener socket (device-listener, pos-listener: where work enters) is accepted and closed
+at once with 1013 and the reason
+`try again later; retry_after=<seconds>`: a turn in a schedule kept at the measured rate,
+each shed socket the next slot, so that a wave of refused terminals comes back about as fast
+as the worker can take it (the clients add a fraction of a second: docs/protocol.md).
 A shed socket costs its handshake and nothing else: no database, no Redis.
 
 Per process and in memory: each worker judges its own load.
@@ -47,24 +48,34 @@ class Admission:
     registration is answered)."""
 
     clock: Callable[[], float] = time.monotonic
-    draw: Callable[[int, int], int] = random.randint
     pending: int = 0
     shed_total: int = 0
     _done: deque = field(default_factory=deque)  # (bucket start, count), oldest first
+    _first_done: float | None = None
+    _next_slot: float = 0.0  # when the last shed client was told to come back
+    draw: Callable[[int, int], int] = random.randint
     _shed: deque = field(default_factory=deque)
 
     def rate(self) -> float:
-        """Control operations finished per second over the last WINDOW seconds."""
+        """Control operations finished per second over the last WINDOW seconds, or since the
+        first one if that is more recent: a worker just started (after a restart, the moment
+        its whole fleet comes back) is judged by what it does, not by a window it has not
+        lived through yet."""
         self._forget(self._done)
-        return sum(count for _, count in self._done) / WINDOW
+        if not self._done:
+            return 0.0
+        lived = self.clock() - self._first_done if self._first_done is not None else WINDOW
+        return sum(count for _, count in self._done) / max(1.0, min(WINDOW, lived))
 
     def limit(self) -> int:
         settings = connector_settings
         return max(settings.ADMISSION_MIN_PENDING, int(self.rate() * settings.ADMISSION_MAX_WAIT))
 
-    def enter(self) -> bool:
-        """Admit one more control operation (True), or refuse it (False: shed the socket)."""
-        if connector_settings.ADMISSION_MIN_PENDING <= 0:  # admission control off
+    def enter(self, *, sheddable: bool = True) -> bool:
+        """Admit one more control operation (True), or refuse it (False: shed the socket).
+        One that is not `sheddable` (it completes work admitted already) is always admitted,
+        and counted."""
+        if connector_settings.ADMISSION_MIN_PENDING <= 0 or not sheddable:
             self.pending += 1
             return True
         if self.pending >= self.limit():
@@ -76,22 +87,30 @@ class Admission:
 
     def leave(self) -> None:
         self.pending = max(0, self.pending - 1)
+        if self._first_done is None:
+            self._first_done = self.clock()
         self._count(self._done)
 
     def retry_after(self) -> int:
-        """Seconds a shed client should wait, drawn evenly from 1 to the time this process
-        needs for the work pending and the work it refused over the last second, at the rate
-        it finishes work (at least the rate the minimum admits: a process that just started
-        has finished nothing yet). Even draws spread a wave of refused terminals over that
-        time instead of sending them all back together; at most MAX_RETRY_AFTER."""
+        """Seconds a shed client should wait: its turn in a schedule kept at the rate this
+        process finishes work (at least the rate the minimum admits: a process that just
+        started has finished nothing yet). Each shed socket takes the next slot after the
+        work pending and the slots handed out already, so the refused terminals come back
+        about as fast as the process can take them, each once, instead of all together or
+        into another refusal. At least 1 s, at most MAX_RETRY_AFTER."""
         now = self.clock()
-        self._forget(self._shed)
-        refused = sum(count for start, count in self._shed if start + SLOT > now - 1.0)
         settings = connector_settings
         floor = settings.ADMISSION_MIN_PENDING / max(settings.ADMISSION_MAX_WAIT, 0.001)
         rate = max(self.rate(), floor, 1.0)
-        spread = max(1, min(MAX_RETRY_AFTER, math.ceil((refused + self.pending) / rate)))
-        return self.draw(1, spread)
+        self._next_slot = max(self._next_slot, now + self.pending / rate) + 1.0 / rate
+        wait = self._next_slot - now
+        if wait > MAX_RETRY_AFTER:
+            # More refused than the longest hint covers at this rate: the schedule stops
+            # growing, and these are spread over the hint's second half instead of all being
+            # told the longest hint and coming back in the same second.
+            self._next_slot = now + MAX_RETRY_AFTER
+            return self.draw(MAX_RETRY_AFTER // 2, MAX_RETRY_AFTER)
+        return max(1, math.ceil(wait))
 
     def reason(self) -> str:
         return REASON.format(self.retry_after())

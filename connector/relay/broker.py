@@ -68,3 +68,7 @@ class Broker(Protocol):
 
     async def restore_groups(self, memberships: list[tuple[str, str]]) -> bool:
         """Add (group, channel) pairs as `group_add` does; False if the server failed."""
+
+    async def discard_groups(self, memberships: list[tuple[str, str]]) -> bool:
+        """Remove (group, channel) pairs as `group_discard` does, in as few round trips as it
+        can (a process shutting down leaves all its groups at once); False if the server failed."""

@@ -492,6 +492,25 @@ class RedisChannelLayer(StockRedisChannelLayer):
         self.came_back()
         return True
 
+    async def discard_groups(self, memberships: list[tuple[str, str]]) -> bool:
+        """Remove (group, channel) pairs as group_discard does (ZREM), pipelined per host in
+        chunks: one round trip per thousand where a socket each would take one, and no
+        connection per socket (a shutdown of thousands would exhaust the pool)."""
+        by_host: dict[int, list[tuple[str, str]]] = defaultdict(list)
+        for group, channel in memberships:
+            by_host[self.consistent_hash(group)].append((group, channel))
+        try:
+            for index, pairs in by_host.items():
+                for start in range(0, len(pairs), 1000):
+                    pipe = self.connection(index).pipeline(transaction=False)
+                    for group, channel in pairs[start : start + 1000]:
+                        pipe.zrem(self._group_key(group), channel)
+                    await pipe.execute()
+        except REDIS_DOWN as error:
+            self.went_down(error, "leaving groups")  # a restarted Redis forgot them; else they expire
+            return False
+        return True
+
     async def state_lost(self, node: str) -> bool:
         """Whether Redis lost what it held since the last call (restarted empty, flushed, failed
         over to an empty replica), told by a key of this process's that is set at every call

@@ -5,6 +5,7 @@ what it admitted is served as before."""
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -19,7 +20,6 @@ from tests.connector.relay_world import (
     communicator,
     device_socket,
     hang_up,
-    local_path,
     register,
 )
 
@@ -43,7 +43,9 @@ def gate(settings, *, minimum: int = 4, wait: float = 2.0) -> tuple[Admission, C
         "ADMISSION_MAX_WAIT": wait,
     }
     clock = Clock()
-    return Admission(clock=clock, draw=lambda low, high: high), clock
+    gate_ = Admission(clock=clock)
+    gate_.draw = random.Random(7).randint
+    return gate_, clock
 
 
 # --- the gate -----------------------------------------------------------------------------------
@@ -63,34 +65,43 @@ def test_the_limit_follows_the_rate_it_finishes_work_at(settings):
         gate_.enter()
         gate_.leave()
         clock.now += 0.02
-    assert gate_.rate() == pytest.approx(50 / 5.0)  # ...over the 5 s window: 10/s
-    assert gate_.limit() == 20  # 10/s × 2 s
+    # A worker that has lived less than the 5 s window is judged by what it did since its
+    # first completion (at least a second): 50/s, not 50 spread over 5 s.
+    assert gate_.rate() == pytest.approx(50.0)
+    assert gate_.limit() == 100  # 50/s × 2 s
+    clock.now += 4
+    assert gate_.rate() == pytest.approx(50 / 5.0)  # the whole window lived: 10/s
+    assert gate_.limit() == 20
     clock.now += 10  # ...and forgotten once the window has passed
     assert gate_.rate() == 0 and gate_.limit() == 4
 
 
-def test_the_retry_hint_covers_the_work_pending_and_refused_at_the_rate_and_is_bounded(settings):
+def test_shed_clients_are_given_turns_at_the_rate_after_the_work_pending_and_the_hint_is_bounded(settings):
     gate_, clock = gate(settings, minimum=4, wait=2.0)  # a cold process assumes 4 / 2 s = 2/s
     for _ in range(4):
         gate_.enter()
-    for _ in range(6):
-        assert not gate_.enter()
-    assert gate_.retry_after() == 5  # (4 pending + 6 refused) / 2 per second
-    for _ in range(1000):
-        gate_.enter()
-    assert gate_.retry_after() == admission_module.MAX_RETRY_AFTER
-    clock.now += 2  # refusals older than a second no longer count
-    assert gate_.retry_after() == 2  # 4 pending / 2 per second
+    hints = [gate_.retry_after() for _ in range(6)]
+    # 4 pending take 2 s at 2/s; then one slot each half second: 2.5, 3, 3.5, 4, 4.5, 5 s.
+    assert hints == [3, 3, 4, 4, 5, 5]
+    # Past the longest hint, the schedule stops growing and the overflow is spread over the
+    # hint's second half, not all told the longest hint (they would come back together).
+    longest = admission_module.MAX_RETRY_AFTER
+    overflow = [gate_.retry_after() for _ in range(1000)][200:]
+    assert all(longest // 2 <= hint <= longest for hint in overflow)
+    assert len(set(overflow)) > 5
+    clock.now += 1000  # the schedule has passed: the next turn starts after the work pending
+    assert gate_.retry_after() == 3
 
 
-def test_the_hint_is_drawn_evenly_so_a_wave_comes_back_spread_out(settings):
-    settings.CLOUD_CONNECTOR = {**settings.CLOUD_CONNECTOR, "ADMISSION_MIN_PENDING": 2, "ADMISSION_MAX_WAIT": 1.0}
-    gate_ = Admission()
-    for _ in range(200):
+def test_turns_follow_the_measured_rate(settings):
+    gate_, clock = gate(settings, minimum=4, wait=2.0)
+    for _ in range(100):  # 100 operations in one second: 100/s
         gate_.enter()
-    hints = [gate_.retry_after() for _ in range(400)]
-    assert min(hints) == 1 and max(hints) <= admission_module.MAX_RETRY_AFTER
-    assert len(set(hints)) > 10, "every shed client would come back at once"
+        gate_.leave()
+        clock.now += 0.01
+    hints = [gate_.retry_after() for _ in range(300)]
+    assert hints[0] == 1 and hints[-1] == 3  # 300 clients at 100/s: spread over three seconds
+    assert hints == sorted(hints) and {hints.count(second) for second in (1, 2)} == {100}
     assert HINT.match(gate_.reason())
 
 
@@ -100,6 +111,15 @@ def test_a_minimum_of_zero_turns_admission_control_off(settings):
 
 
 # --- the sockets ----------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def fresh_gate():
+    """The process's gate as a new worker has it: what other tests' sockets did would count
+    in its rate (and raise its limit) for five seconds."""
+    admission.__init__()
+    yield
+    admission.__init__()
 
 
 async def shed(comm) -> int:
@@ -117,23 +137,25 @@ async def shed(comm) -> int:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.cloud_connector_on
 @pytest.mark.usefixtures("fresh_state")
-async def test_a_full_worker_sheds_every_kind_of_new_socket_with_1013_and_a_hint_and_writes_nothing(settings, world):
+async def test_a_full_worker_sheds_new_listeners_with_1013_and_a_hint_but_lets_admitted_work_finish(settings, world):
     registration = await register(world.device.tsn, world.pos_credentials)
     assert registration["status"] == "ok"
     sessions_before = await database_sync_to_async(DeviceSession.objects.count)()
     admission.pending, before = 2, admission.pending
     settings.CLOUD_CONNECTOR = {**settings.CLOUD_CONNECTOR, "ADMISSION_MIN_PENDING": 2}
     try:
-        header = registration["authorization_header"]["Authorization"].encode()
-        device = communicator(local_path(registration["connection_url"]), headers=[(b"authorization", header)])
-        for comm in (communicator(DEVICE_LISTENER), device, communicator(POS_LISTENER, token=world.pos_token)):
+        # Where work enters: shed, before anything is read or written.
+        for comm in (communicator(DEVICE_LISTENER), communicator(POS_LISTENER, token=world.pos_token)):
             assert 1 <= await shed(comm) <= admission_module.MAX_RETRY_AFTER
+        assert await database_sync_to_async(DeviceSession.objects.count)() == sessions_before
+        # The device socket of a registration admitted a moment ago completes that work: it is
+        # let in whatever the load (shedding it would send the terminal to register again).
+        device = await device_socket(registration, "/")
     finally:
         admission.pending = before
-    # Nothing was written for the shed sockets: the session is still registered, not online.
     session = await database_sync_to_async(DeviceSession.objects.get)(pk=registration["session_id"])
-    assert session.state == DeviceSession.State.REGISTERED
-    assert await database_sync_to_async(DeviceSession.objects.count)() == sessions_before
+    assert session.state == DeviceSession.State.ONLINE
+    await hang_up(device)
 
 
 @pytest.mark.django_db(transaction=True)

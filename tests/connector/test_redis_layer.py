@@ -293,3 +293,28 @@ def test_group_add_writes_the_stock_layout_in_one_round_trip_and_group_send_reac
             assert await redis.zrange(key, 0, -1) == []
 
     run_bounded(scenario(), timeout=20)
+
+
+def test_discard_groups_leaves_many_groups_in_a_few_round_trips(redis_url):
+    # A process shutting down leaves every group of its sockets at once (relay.shutdown).
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            channels = [await receiver.new_channel() for _ in range(3)]
+            memberships = [(f"cc.session.s{i}", channel) for i in range(1500) for channel in channels[:1]]
+            memberships += [("cc.session.shared", channel) for channel in channels]
+            assert await receiver.restore_groups(memberships)
+            redis = receiver.connection(0)
+            pipelines = []
+            real_pipeline = redis.pipeline
+
+            def counting_pipeline(*args, **kwargs):
+                pipelines.append(1)
+                return real_pipeline(*args, **kwargs)
+
+            redis.pipeline = counting_pipeline
+            assert await receiver.discard_groups(memberships[:-1])  # all but one member of "shared"
+            assert len(pipelines) == 2  # 1,502 memberships: two chunks of at most a thousand
+            assert await redis.zrange(receiver._group_key("cc.session.s7"), 0, -1) == []
+            assert await redis.zrange(receiver._group_key("cc.session.shared"), 0, -1) == [channels[2].encode()]
+
+    run_bounded(scenario(), timeout=30)
