@@ -87,9 +87,10 @@ def server_env(settings: str = "portal.settings", *, port: int | None = None) ->
     # that delivers (docs/deploy.md); the benchmark sends no mail.
     env.update(CC_JWT_KEYS=f"bench:{BENCH_JWT_KEY}", EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend")
     env.update(BENCH_RATES)
-    # One POS credential stands for a whole estate's tills here: its session sockets would pass
-    # the per-credential quota (256) in the session figures, and be refused with 4429.
+    # One POS credential stands for a whole estate's tills here: its session sockets and
+    # pos-listeners would pass the per-credential quotas in the session figures (4429).
     env["CC_MAX_SESSION_SOCKETS_PER_CREDENTIAL"] = "1000000"
+    env["CC_MAX_LISTENERS_PER_CREDENTIAL"] = "1000000"  # the session figures open one per session
     if port is not None:
         env["CC_PUBLIC_WS_URL"] = f"ws://127.0.0.1:{port}"
     env["DJANGO_SETTINGS_MODULE"] = settings

@@ -96,7 +96,14 @@ class RelayConsumer(BaseConsumer):
             await self.refuse(protocol.translate(error).close_code)
             return
         self.log_fields["tsn"] = place.tsn
-        await self.accept()
+        self.attached = True  # from here on, its disconnect takes back the row just written
+        try:
+            await self.accept()
+        except OSError:
+            # The client left during its handshake (uvicorn's ClientDisconnected): its
+            # disconnect follows and detaches; not a crash.
+            self.log("gone during its handshake")
+            return
         await self.attached_to(place)
 
     async def attached_to(self, place: session_sockets.Attached) -> None:

@@ -137,7 +137,8 @@ def test_a_live_servers_metrics_move_with_registrations_claims_tokens_sockets_an
     for operation in ("device_register_with_client", "device_socket_attach", "pos_request", "pos_socket_attach"):
         assert moved(before, after, "cloud_connector_db_seconds_count", operation=operation) >= 1, operation
         assert moved(before, after, "cloud_connector_db_seconds_sum", operation=operation) > 0, operation
-    assert moved(before, after, "cloud_connector_db_seconds_count", operation="detach") >= 2  # both sides left
+    # The terminal's socket left (the POS's may still be detaching when the scrape comes).
+    assert moved(before, after, "cloud_connector_db_seconds_count", operation="detach") >= 1
 
 
 @pytest.mark.django_db
