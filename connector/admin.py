@@ -141,7 +141,7 @@ class DeviceAdmin(ActivationPermissionMixin, ServiceModelAdmin):
         queryset = devices_in_scope(principal=self.principal(request)).select_related(
             "tenant", "merchant__merchant_aggregator", "store"
         )
-        return services.with_online(services.devices_with_activation(queryset))
+        return services.devices_with_activation(queryset)
 
     def get_search_results(self, request, queryset, search_term):
         # A fully qualified tsn (make-model-serial) is what support people paste: match it whole.

@@ -92,6 +92,17 @@ class ConnectorSettings:
     #: ADMISSION_MAX_WAIT seconds) and sheds the rest with 1013 and a retry hint. 0: off.
     ADMISSION_MIN_PENDING: int = 256
     ADMISSION_MAX_WAIT: float = 2.0
+    #: Days the connection history and the recorded events are kept (`prune_history`).
+    HISTORY_DAYS: int = 30
+    #: Seconds between writes of `last_seen_at` for the devices that sent a frame or a pong
+    #: meanwhile (coalesced; never more than 30 s old while online, v1.1 §11).
+    LAST_SEEN_INTERVAL: float = 10.0
+    #: Webhooks (connector.webhooks): a receiver has this long to answer 2xx; failed
+    #: deliveries are retried with exponential backoff for WEBHOOK_RETRY_HOURS.
+    WEBHOOK_TIMEOUT: float = 10.0
+    WEBHOOK_RETRY_HOURS: float = 26.0
+    #: Let webhooks reach private, loopback and link-local addresses (default: only with DEBUG).
+    WEBHOOK_ALLOW_PRIVATE: bool = False
 
 
 KEYS = frozenset(f.name for f in fields(ConnectorSettings))

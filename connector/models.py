@@ -1,6 +1,10 @@
-"""The relay's data: services and their activation, devices, and device sessions."""
+"""The relay's data: services and their activation, devices, device sessions, and what
+happened to them: the presence a device shows, its connection history, the events recorded
+with the facts (v1.1 §11), and the webhooks that carry those events out (§16)."""
 
 from __future__ import annotations
+
+import uuid
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -62,6 +66,16 @@ class Device(models.Model):
     provisioned = models.BooleanField(default=True)
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Presence (v1.1 §11), written with the session facts that change it and kept when the
+    # session ends (connector.presence). `last_seen_at` is coalesced: written by the node's
+    # heartbeat for the devices whose sockets sent a frame or a pong since the last one.
+    online = models.BooleanField(default=False)
+    online_since = models.DateTimeField(null=True, blank=True)
+    offline_since = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    last_disconnect_reason = models.CharField(max_length=20, blank=True)
+    # The `seq` of the device's last recorded event (Event.seq): 1, 2, 3 ... per device.
+    event_seq = models.BigIntegerField(default=0)
 
     class Meta:
         ordering = ["id"]
@@ -253,3 +267,172 @@ class RefusalTally(models.Model):
 
     def __str__(self) -> str:
         return f"{self.reason} × {self.count} at {self.minute:%H:%M} on {self.node}"
+
+
+class DisconnectReason(models.TextChoices):
+    """Why a device's last socket went away (v1.1 §11)."""
+
+    CLOSED = "closed"
+    PING_TIMEOUT = "ping_timeout"
+    NODE_LOST = "node_lost"
+    REPLACED = "replaced"
+    REVOKED = "revoked"
+    SERVER_SHUTDOWN = "server_shutdown"
+    SESSION_ENDED = "session_ended"
+
+
+class DeviceConnection(models.Model):
+    """One online period of a device session: from its first device socket to the moment it
+    had none (v1.1 §11, `connections/`). Outlives its session (no foreign key to it: ended
+    sessions are purged sooner) and is pruned after CC_HISTORY_DAYS (`prune_history`)."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="connections")
+    session_id = models.CharField(max_length=64)
+    connected_at = models.DateTimeField()
+    disconnected_at = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=20, blank=True)
+    frames_relayed = models.BigIntegerField(default=0)
+    frames_dropped = models.BigIntegerField(default=0)
+    # The name of the POS or application that held the claim (the last one, if it changed).
+    claimed_by = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-connected_at", "-id"]
+        indexes = [
+            models.Index(fields=["device", "-connected_at"], name="connection_device_time"),
+            models.Index(fields=["session_id", "-connected_at"], name="connection_session"),
+            models.Index(fields=["connected_at"], name="connection_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.device_id} {self.session_id} from {self.connected_at:%H:%M:%S}"
+
+
+class Event(models.Model):
+    """A fact about a device, recorded in the transaction that made it (the outbox of the
+    webhooks, the timeline of the portal, the `event_id` the listeners hear): `id` is the
+    event's identity wherever it is delivered, `seq` orders a device's events."""
+
+    class Type(models.TextChoices):
+        DEVICE_ONLINE = "device.online"
+        DEVICE_OFFLINE = "device.offline"
+        SESSION_CLAIMED = "session.claimed"
+        SESSION_RELEASED = "session.released"
+        SESSION_TAKEN_OVER = "session.taken_over"
+        SESSION_ENDED = "session.ended"
+        DEVICE_ACTIVATION_CHANGED = "device.activation_changed"
+        DEVICE_REPLACED = "device.replaced"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="events")
+    type = models.CharField(max_length=40, choices=Type.choices)
+    session_id = models.CharField(max_length=64, blank=True)
+    seq = models.BigIntegerField()
+    occurred_at = models.DateTimeField()
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-occurred_at", "-seq"]
+        indexes = [
+            models.Index(fields=["device", "-seq"], name="event_device_seq"),
+            models.Index(fields=["occurred_at"], name="event_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} #{self.seq} of {self.device_id}"
+
+
+# What a webhook endpoint may subscribe to (v1.1 §16): every recorded type but the one only
+# listeners hear.
+WEBHOOK_EVENT_TYPES = [choice for choice in Event.Type.values if choice != Event.Type.DEVICE_REPLACED]
+
+
+class WebhookEndpoint(models.Model):
+    """A merchant's or an MA's back office receiving the events of its devices (v1.1 §16)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="webhook_endpoints")
+    merchant_aggregator = models.ForeignKey(
+        MerchantAggregator, null=True, blank=True, on_delete=models.CASCADE, related_name="webhook_endpoints"
+    )
+    merchant = models.ForeignKey(
+        Merchant, null=True, blank=True, on_delete=models.CASCADE, related_name="webhook_endpoints"
+    )
+    url = models.URLField(max_length=2000)
+    events = models.JSONField(default=list)
+    enabled = models.BooleanField(default=True)
+    # Signs every delivery (HMAC-SHA256); kept readable since each delivery needs it, shown
+    # to the user only on create and on rotation.
+    secret = models.CharField(max_length=100)
+    # While a receiver fails, its deliveries wait until then instead of each waiting out the
+    # timeout (connector.webhooks.delivery).
+    paused_until = models.DateTimeField(null=True, blank=True)
+    failures = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    Q(merchant_aggregator__isnull=False, merchant__isnull=True)
+                    | Q(merchant_aggregator__isnull=True, merchant__isnull=False)
+                ),
+                name="webhook_endpoint_one_scope",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class WebhookDelivery(models.Model):
+    """One event for one endpoint: created with the event (same transaction), then attempted
+    until a 2xx or until the retry window closes."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RETRYING = "retrying"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField()
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    response_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "event"], name="one_delivery_per_endpoint_event")
+        ]
+        indexes = [
+            models.Index(fields=["endpoint", "-created_at"], name="delivery_endpoint_time"),
+            models.Index(fields=["status", "next_attempt_at"], name="delivery_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} to {self.endpoint_id} ({self.status})"
+
+
+class WebhookAttempt(models.Model):
+    """One POST of a delivery: when, what came back, how long it took."""
+
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log")
+    attempted_at = models.DateTimeField()
+    response_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField()
+    error = models.CharField(max_length=300, blank=True)
+    succeeded = models.BooleanField(default=False)
+    manual = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-attempted_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id} at {self.attempted_at:%H:%M:%S}: {self.response_code or self.error}"

@@ -99,12 +99,6 @@ def _activation_flags() -> dict:
     }
 
 
-def with_online(queryset: QuerySet[Device]) -> QuerySet[Device]:
-    """Annotate devices with `online`: a session of theirs has a device socket connected."""
-    online = DeviceSession.objects.filter(device_id=OuterRef("pk"), state=DeviceSession.State.ONLINE)
-    return queryset.annotate(online=Exists(online))
-
-
 def devices_with_activation(queryset: QuerySet[Device]) -> QuerySet[Device]:
     """Annotate devices with `subscribed`, `ma_active`, `merchant_active`, `device_active`
     and `usable`, for lists and filters."""

@@ -11,7 +11,7 @@ from django.db.models import Prefetch, QuerySet
 from accounts.scope import Principal
 from connector.models import Device, DeviceSession
 from connector.selectors import LIVE, devices_in_scope
-from connector.services import Unusable, devices_with_activation, unusable_reason_from_flags, with_online
+from connector.services import Unusable, devices_with_activation, unusable_reason_from_flags
 
 REASON_TEXT = {
     Unusable.DISABLED: "The device is not provisioned and enabled in PPaaS.",
@@ -36,10 +36,10 @@ def _live_sessions() -> QuerySet[DeviceSession]:
 
 
 def devices_for_portal(*, principal: Principal) -> QuerySet[Device]:
-    """Devices in scope, annotated with activation flags and `online`, their live session
+    """Devices in scope, annotated with activation flags, their live session
     prefetched into `live_sessions`."""
     return (
-        with_online(devices_with_activation(devices_in_scope(principal=principal)))
+        devices_with_activation(devices_in_scope(principal=principal))
         .prefetch_related(Prefetch("sessions", queryset=_live_sessions(), to_attr="live_sessions"))
         .order_by("store__name", "make", "serial", "pk")
     )

@@ -139,6 +139,8 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_tasks",
+    "django_tasks_db",
     "accounts",
     "connector",
     "portal",
@@ -448,6 +450,9 @@ cc_environment = {
     "MAX_SESSION_SOCKETS_PER_CREDENTIAL": env_int,
     "ADMISSION_MIN_PENDING": env_int,
     "ADMISSION_MAX_WAIT": env_int,
+    "HISTORY_DAYS": env_int,
+    "WEBHOOK_TIMEOUT": env_int,
+    "WEBHOOK_RETRY_HOURS": env_int,
 }
 # With no default, a reader answers None for a variable that is not set (or set empty, for
 # a number or a list): that key is left out, and the app's default holds.
@@ -455,6 +460,12 @@ CLOUD_CONNECTOR = {
     "JWT_KEYS": JWT_KEYS,
     **{key: value for key, read in cc_environment.items() if (value := read(f"CC_{key}", None)) is not None},
 }
+
+# Background work (webhook deliveries, connector.webhooks) through Django's task API, on the
+# database backend: a task is a row written in the transaction that enqueues it, so an event's
+# deliveries commit or roll back with the fact. `manage.py db_worker` runs them (bin/run,
+# bin/serve); docs/webhooks.md says why this library.
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default", "webhooks"]}}
 
 # --- Operations: health, readiness, metrics, logs (docs/operations.md) -----------------------
 

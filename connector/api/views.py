@@ -407,8 +407,7 @@ class DeviceViewSet(ReadMixin, WriteMixin, ActivationMixin, ScopedViewSet):
     object_kind = Kind.DEVICE
 
     def scoped(self, principal: Principal) -> QuerySet:
-        queryset = connector.devices_with_activation(selectors.devices_in_scope(principal=principal))
-        return connector.with_online(queryset).order_by("id")
+        return connector.devices_with_activation(selectors.devices_in_scope(principal=principal)).order_by("id")
 
     def perform_create(self, data: dict):
         return connector.device_create(
