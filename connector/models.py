@@ -408,9 +408,7 @@ class WebhookDelivery(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        constraints = [
-            models.UniqueConstraint(fields=["endpoint", "event"], name="one_delivery_per_endpoint_event")
-        ]
+        constraints = [models.UniqueConstraint(fields=["endpoint", "event"], name="one_delivery_per_endpoint_event")]
         indexes = [
             models.Index(fields=["endpoint", "-created_at"], name="delivery_endpoint_time"),
             models.Index(fields=["status", "next_attempt_at"], name="delivery_due"),
