@@ -41,6 +41,9 @@ daphne, autobahn
 - daphne's send is partial(server.handle_reply, protocol) (_daphne_protocol).
 - autobahn's per-protocol failByDrop, maxMessagePayloadSize, maxFramePayloadSize, autoPingTimeout (server_socket_tune).
 - sendCloseFrame(code, isReply) for the 1001 and 1009 that sendClose refuses; state constants (close_with).
+- onPong replaced per protocol, called for every pong after the keepalive's; is_closed; sendPing (watch_pongs, ping).
+- onAutoPingTimeout's wasNotCleanReason; the keepalive's 12-byte payload, not ours (ping_timed_out, ping).
+- daphne's Twisted reactor runs on the asyncio loop of its applications (watch_pongs: the callback's thread).
 
 Twisted
 - FileDescriptor's _tempDataBuffer, _tempDataLen, dataBuffer and offset (twisted_unsent).
@@ -49,6 +52,9 @@ Twisted
 uvicorn
 - send.__self__.transport, and send waiting on the transport's high-water mark (socket_buffer).
 - "Invalid UTF-8 sequence received from client." on uvicorn.error (ClientFaultsWithoutTraceback).
+- handle_pong and connection_lost replaced per protocol; conn.send_ping and data_to_send; handshake_complete,
+  close_sent; the keepalive's 4-byte payload, not ours (watch_pongs, ping).
+- keepalive_timeout's conn.fail(1011, "keepalive ping timeout"), read back as conn.close_sent (ping_timed_out).
 
 Django
 - SQL compiler: get_compiler, as_sql, select, col_count, Query.selected, get_converters... (Prepared).
@@ -603,6 +609,82 @@ def test_autobahn_refuses_1001_through_send_close_but_sends_it_as_a_close_frame(
     assert written[0] == 0x88 and struct.unpack(">H", written[2:4]) == (1001,)
 
 
+def client_control_frame(opcode: int, payload: bytes) -> bytes:
+    mask = b"\x05\x06\x07\x08"
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+def test_autobahn_calls_a_protocols_own_on_pong_for_every_pong_and_fires_is_closed_once_closed():
+    # watch_pongs replaces onPong on daphne's protocol object (daphne defines none): autobahn
+    # calls it for every pong, its keepalive's or not, after matching its keepalive payload;
+    # and adds a callback to is_closed, the Deferred autobahn fires when the state becomes
+    # closed. ping sends with sendPing(payload) while state is STATE_OPEN.
+    from autobahn.twisted.websocket import WebSocketAdapterProtocol
+    from autobahn.websocket.protocol import WebSocketProtocol
+    from daphne.ws_protocol import WebSocketProtocol as DaphneWebSocketProtocol
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+
+    from connector.relay.servers import PING_PAYLOAD_SIZE
+
+    checked_against("autobahn")
+    assert "onPong" not in vars(DaphneWebSocketProtocol)
+    assert "self.onPong(payload)" in source(WebSocketAdapterProtocol._onPong)
+    control = source(WebSocketProtocol.processControlFrame)
+    assert control.find("if payload == self.autoPingPending:") < control.find("self._onPong(payload)")
+    protocol, transport = open_autobahn_socket()
+    pongs: list[bytes] = []
+    protocol.onPong = pongs.append
+    protocol.dataReceived(client_control_frame(0xA, b"unsolicited"))
+    assert pongs == [b"unsolicited"]
+    protocol.sendPing(b"p" * PING_PAYLOAD_SIZE)
+    assert transport.value() == bytes([0x89, PING_PAYLOAD_SIZE]) + b"p" * PING_PAYLOAD_SIZE
+    assert isinstance(protocol.is_closed, Deferred) and not protocol.is_closed.called
+    closed: list[bool] = []
+    protocol.is_closed.addBoth(lambda result: closed.append(True) or result)
+    protocol.connectionLost(Failure(ConnectionError("gone")))
+    assert closed == [True] and protocol.state == protocol.STATE_CLOSED
+
+
+def test_autobahn_tells_a_keepalive_timeout_by_its_not_clean_reason_and_pings_with_12_bytes():
+    # ping_timed_out reads wasNotCleanReason, which onAutoPingTimeout sets before dropping
+    # the connection (is_closed fires there too); daphne's keepalive payload has autoPingSize
+    # (12) bytes, never PING_PAYLOAD_SIZE, so neither side takes the other's pong.
+    from autobahn.websocket.protocol import WebSocketProtocol, WebSocketServerFactory
+    from daphne.server import Server
+
+    from connector.relay.servers import AUTOBAHN_PING_TIMEOUT_REASON, PING_PAYLOAD_SIZE
+
+    checked_against("autobahn")
+    assert WebSocketServerFactory().autoPingSize == 12 != PING_PAYLOAD_SIZE
+    assert "os.urandom(self.autoPingSize - 12)" in source(WebSocketProtocol._sendAutoPing)
+    assert "autoPingSize" not in source(Server.run)
+    protocol, transport = open_autobahn_socket()
+    transport.registerProducer(mock.Mock(), True)  # a TCP transport needs none; this one does
+    closed: list[bool] = []
+    protocol.is_closed.addBoth(lambda result: closed.append(True) or result)
+    assert protocol.wasNotCleanReason is None
+    protocol.onAutoPingTimeout()
+    assert protocol.wasNotCleanReason == AUTOBAHN_PING_TIMEOUT_REASON
+    assert closed == [True]
+
+
+def test_daphne_runs_twisted_on_the_asyncio_loop_of_its_applications():
+    # watch_pongs' callback runs in autobahn's frame handling, on the reactor: daphne installs
+    # Twisted's asyncio reactor on its loop and runs each application as a task on that loop,
+    # so the callback runs on the application's thread and loop.
+    import daphne.server
+    from daphne.server import Server
+
+    checked_against("daphne")
+    module = source(daphne.server)
+    assert "twisted_loop = asyncio.new_event_loop()" in module
+    assert "asyncioreactor.install(twisted_loop)" in module
+    create = source(Server.create_application)
+    assert "asyncio.ensure_future( application_instance, loop=asyncio.get_event_loop(), )" in create
+
+
 # --- Twisted -----------------------------------------------------------------------------------
 
 
@@ -686,6 +768,53 @@ def test_uvicorn_logs_a_client_s_bad_utf8_with_the_words_the_log_filter_matches(
     protocol = source(WebSocketsSansIOProtocol)
     assert 'self.logger.exception("Invalid UTF-8 sequence received from client.")' in protocol
     assert 'self.logger = logging.getLogger("uvicorn.error")' in protocol
+
+
+def test_uvicorn_hands_each_pong_to_a_method_the_relay_wraps_and_pings_through_its_sans_io_connection():
+    # watch_pongs replaces handle_pong and connection_lost on uvicorn's protocol object: its
+    # handle_events calls self.handle_pong(event) for every pong frame, and asyncio's
+    # transport (uvloop's too) calls connection_lost once. uvicorn ignores a pong whose
+    # payload is not its keepalive's 4 bytes, so ours (PING_PAYLOAD_SIZE) never answer it.
+    # ping writes as send_keepalive_ping does (conn.send_ping, then data_to_send to the
+    # transport) while handshake_complete and not close_sent.
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+
+    from connector.relay.servers import PING_PAYLOAD_SIZE
+
+    checked_against("uvicorn")
+    assert "elif event.opcode == Opcode.PONG: self.handle_pong(event)" in source(WebSocketsSansIOProtocol.handle_events)
+    assert "bytes(event.data) != self.pending_ping_payload" in source(WebSocketsSansIOProtocol.handle_pong)
+    keepalive = source(WebSocketsSansIOProtocol.send_keepalive_ping)
+    assert 'self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))' in keepalive
+    assert "self.conn.send_ping(self.pending_ping_payload)" in keepalive
+    assert 'self.transport.write(b"".join(self.conn.data_to_send()))' in keepalive
+    assert len(struct.pack("!I", 0)) != PING_PAYLOAD_SIZE
+    init = source(WebSocketsSansIOProtocol.__init__)
+    for attribute in ("self.conn = ServerProtocol(", "self.handshake_complete = False", "self.close_sent = False"):
+        assert attribute in init, attribute
+    assert parameters(WebSocketsSansIOProtocol.connection_lost) == ["self", "exc"]
+    conn = ServerProtocol(state=State.OPEN)
+    conn.send_ping(b"p" * PING_PAYLOAD_SIZE)
+    assert b"".join(conn.data_to_send()) == bytes([0x89, PING_PAYLOAD_SIZE]) + b"p" * PING_PAYLOAD_SIZE
+
+
+def test_uvicorn_closes_a_keepalive_timeout_with_a_close_frame_the_relay_reads_back():
+    # ping_timed_out: uvicorn's keepalive_timeout fails the connection with 1011 and
+    # "keepalive ping timeout", which websockets keeps as conn.close_sent.
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+
+    from connector.relay.servers import UVICORN_PING_TIMEOUT_CLOSE
+
+    checked_against("uvicorn")
+    assert UVICORN_PING_TIMEOUT_CLOSE == (1011, "keepalive ping timeout")
+    assert 'self.conn.fail(1011, "keepalive ping timeout")' in source(WebSocketsSansIOProtocol.keepalive_timeout)
+    conn = ServerProtocol(state=State.OPEN)
+    conn.fail(*UVICORN_PING_TIMEOUT_CLOSE)
+    assert (conn.close_sent.code, conn.close_sent.reason) == UVICORN_PING_TIMEOUT_CLOSE
 
 
 # --- Django ------------------------------------------------------------------------------------

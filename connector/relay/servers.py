@@ -46,6 +46,24 @@ no pong comes within its ping timeout: daphne's `--ping-timeout` (default 30), w
 is stricter than the contract and may close a slow but live client): run it with
 `--ws-ping-interval 10 --ws-ping-timeout 30` (`PING_INTERVAL`, `PING_TIMEOUT`).
 
+Pings on demand and pongs (§11-§12: the listener's `ping`, `last_seen_at`, `ping_timeout`):
+ASGI has no ping and does not show pongs either, so the relay reaches the server's protocol
+object, once per socket and only for control frames (a data frame costs nothing more).
+`watch_pongs` calls back on every pong the socket receives, whoever's ping it answers or none;
+`ping` sends a ping of its own with a fresh 16-byte payload (neither daphne's 12-byte keepalive
+payload nor uvicorn's 4-byte one, so the servers ignore its pong) and waits for that pong, or
+for a later one: RFC 6455 lets a peer answer only the latest of several pings. Our pongs never
+count as the servers' keepalive answers, and theirs never answer ours. The callbacks run where
+the server handles the socket's frames: uvicorn's event loop, and under daphne the Twisted
+reactor, which daphne installs on the asyncio loop that also runs the application, so one
+thread in both cases. Pings waiting when the socket goes are answered None at once.
+`ping_timed_out` reads, after the socket went, whether the server dropped it for a keepalive
+ping without pong: autobahn's `wasNotCleanReason` says so under daphne (the client sees 1006,
+as for a lost connection), the close frame uvicorn sent (1011, "keepalive ping timeout") under
+uvicorn. Daphne sends its keepalive ping once a socket has sent no data message for
+`--ping-interval` seconds, checked every 2 s (an interval of 1 s pings every 2 s), and autobahn
+times the pong out on 0.2 s buckets.
+
 Reaches into the servers' internals, each pinned by tests/test_private_internals.py:
 daphne's protocol object inside its ASGI `send` (`_daphne_protocol`); on it, autobahn's
 per-connection options `failByDrop`, `maxMessagePayloadSize`, `maxFramePayloadSize` and
@@ -53,18 +71,27 @@ per-connection options `failByDrop`, `maxMessagePayloadSize`, `maxFramePayloadSi
 has its own; daphne's factory is shared by every socket, and the limits differ per
 route), autobahn's `sendCloseFrame` (its public `sendClose` refuses 1001 and 1009) and
 `state`; Twisted's transport buffers (`twisted_unsent`); uvicorn's protocol behind its
-`send` (`send.__self__.transport`).
+`send` (`send.__self__.transport`). For pings and pongs (`watch_pongs`, `ping`,
+`ping_timed_out`): autobahn's `onPong` replaced on the protocol object, its `is_closed`,
+`sendPing`, `state` and `wasNotCleanReason`; uvicorn's `handle_pong` and `connection_lost`
+replaced on its protocol object, its `conn` (websockets' sans-I/O protocol: `send_ping`,
+`data_to_send`, `close_sent`), `handshake_complete`, `close_sent` and `transport`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from connector.conf import connector_settings
+
+logger = logging.getLogger(__name__)
 
 
 def _daphne_protocol(send: Any) -> Any:
@@ -170,3 +197,205 @@ def drop_later(buffer: SocketBuffer) -> None:
     closes its transport gracefully, which waits for the buffer to drain, forever for a
     client that reads nothing (autobahn, under daphne, aborts after its own 1 s)."""
     asyncio.get_running_loop().call_later(SLOW_CLOSE_GRACE, buffer.drop)
+
+
+# --- Pings on demand and pongs (see "Pings on demand and pongs" in the module's notes) ----------
+
+PING_PAYLOAD_SIZE = 16  # daphne's keepalive payload has 12 bytes, uvicorn's 4: never ours
+AUTOBAHN_PING_TIMEOUT_REASON = "WebSocket ping timeout (peer did not respond with pong in time)"
+UVICORN_PING_TIMEOUT_CLOSE = (1011, "keepalive ping timeout")
+_PONGS = "_cloud_connector_pongs"  # where a protocol object keeps its _Pongs
+
+
+class PingUnsupported(Exception):
+    """The server behind this `send` is neither daphne nor uvicorn with websockets-sansio, so
+    the application can neither ping its client nor see its pongs."""
+
+
+class _Pongs:
+    """One socket's pong listeners and the pings of ours waiting for their pong, by payload
+    (in the order sent). Touched only on the thread that runs the server and the application."""
+
+    __slots__ = ("closed", "listeners", "waiting")
+
+    def __init__(self) -> None:
+        self.listeners: list[Callable[[], None]] = []
+        self.waiting: dict[bytes, tuple[float, asyncio.Future[float | None]]] = {}
+        self.closed = False
+
+    def received(self, payload: bytes) -> None:
+        for listener in self.listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a listener's bug must not fail the server's frame handling
+                logger.exception("pong listener failed")
+        if payload in self.waiting:
+            self._answer(payload)
+
+    def _answer(self, payload: bytes) -> None:
+        # RFC 6455 (5.5.3) lets a peer answer only the latest of several pings: a pong
+        # answers its own ping and every ping sent before it.
+        now = time.monotonic()
+        for key in list(self.waiting):
+            sent, future = self.waiting.pop(key)
+            if not future.done():
+                future.set_result((now - sent) * 1000)
+            if key == payload:
+                return
+
+    def close(self) -> None:
+        self.closed = True
+        for _sent, future in self.waiting.values():
+            if not future.done():
+                future.set_result(None)
+        self.waiting.clear()
+
+
+class _DaphneSocket:
+    """Daphne's protocol object, an autobahn WebSocketServerProtocol."""
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def install(self, pongs: _Pongs) -> None:
+        # autobahn calls the protocol's onPong(payload) for every pong, after its own
+        # keepalive bookkeeping; daphne does not define one. is_closed fires once, when the
+        # state becomes closed, whichever way (close handshake, lost TCP, dropped by a timeout).
+        protocol = self.protocol
+        server_on_pong = protocol.onPong
+
+        def on_pong(payload: bytes) -> None:
+            pongs.received(bytes(payload))
+            server_on_pong(payload)
+
+        protocol.onPong = on_pong
+        protocol.is_closed.addBoth(_closing(pongs))
+
+    def is_open(self) -> bool:
+        return self.protocol.state == self.protocol.STATE_OPEN
+
+    def send_ping(self, payload: bytes) -> bool:
+        self.protocol.sendPing(payload)
+        return True
+
+    def timed_out(self) -> bool:
+        return self.protocol.wasNotCleanReason == AUTOBAHN_PING_TIMEOUT_REASON
+
+
+class _UvicornSocket:
+    """Uvicorn's WebSocketsSansIOProtocol, wrapping websockets' sans-I/O ServerProtocol (`conn`)."""
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def install(self, pongs: _Pongs) -> None:
+        # handle_events calls self.handle_pong(frame) for every pong frame, and the asyncio
+        # transport calls connection_lost once the connection is gone, whichever way.
+        protocol = self.protocol
+        server_handle_pong = protocol.handle_pong
+        server_connection_lost = protocol.connection_lost
+
+        def handle_pong(event: Any) -> None:
+            pongs.received(bytes(event.data))
+            server_handle_pong(event)
+
+        def connection_lost(exc: Exception | None) -> None:
+            try:
+                server_connection_lost(exc)
+            finally:
+                pongs.close()
+
+        protocol.handle_pong = handle_pong
+        protocol.connection_lost = connection_lost
+
+    def is_open(self) -> bool:
+        protocol = self.protocol
+        return protocol.handshake_complete and not protocol.close_sent and not protocol.transport.is_closing()
+
+    def send_ping(self, payload: bytes) -> bool:
+        # As uvicorn's own keepalive ping does (send_keepalive_ping).
+        conn = self.protocol.conn
+        try:
+            conn.send_ping(payload)
+        except Exception:  # noqa: BLE001 - websockets' InvalidState: the connection is closing
+            return False
+        self.protocol.transport.write(b"".join(conn.data_to_send()))
+        return True
+
+    def timed_out(self) -> bool:
+        close = self.protocol.conn.close_sent
+        return close is not None and (close.code, close.reason) == UVICORN_PING_TIMEOUT_CLOSE
+
+
+def _closing(pongs: _Pongs) -> Callable[[Any], Any]:
+    def closed(result: Any) -> Any:
+        pongs.close()
+        return result  # a Deferred's callbacks chain: hand the result on unchanged
+
+    return closed
+
+
+def _server_socket(send: Any) -> _DaphneSocket | _UvicornSocket | None:
+    protocol = _daphne_protocol(send)
+    if protocol is not None:
+        return _DaphneSocket(protocol) if hasattr(protocol, "is_closed") else None
+    protocol = getattr(send, "__self__", None)
+    if hasattr(protocol, "handle_pong") and hasattr(getattr(protocol, "conn", None), "send_ping"):
+        return _UvicornSocket(protocol)
+    return None
+
+
+def _pongs(server_socket: _DaphneSocket | _UvicornSocket) -> _Pongs:
+    pongs = getattr(server_socket.protocol, _PONGS, None)
+    if pongs is None:
+        pongs = _Pongs()
+        setattr(server_socket.protocol, _PONGS, pongs)
+        server_socket.install(pongs)
+    return pongs
+
+
+def watch_pongs(send: Any, on_pong: Callable[[], None]) -> bool:
+    """Call `on_pong()` for every pong the socket behind this ASGI `send` receives from now
+    on: answers to the server's keepalive pings, to `ping`, and unsolicited ones (a client's
+    own heartbeat). It runs on the thread of the server and the application, inside the
+    server's frame handling: it must be quick and not block. False, and nothing done, on a
+    server the relay cannot reach into."""
+    server_socket = _server_socket(send)
+    if server_socket is None:
+        return False
+    _pongs(server_socket).listeners.append(on_pong)
+    return True
+
+
+async def ping(send: Any, *, timeout: float) -> float | None:
+    """Ping the client of this ASGI `send` now and wait for the pong: the round trip in
+    milliseconds, or None when no pong came within `timeout` seconds or the socket is not
+    open (or closes meanwhile). Concurrent pings each wait for their own pong.
+
+    Raises PingUnsupported on a server the relay cannot reach into."""
+    server_socket = _server_socket(send)
+    if server_socket is None:
+        raise PingUnsupported("this ASGI server gives the application no WebSocket ping")
+    pongs = _pongs(server_socket)
+    if pongs.closed or not server_socket.is_open():
+        return None
+    payload = os.urandom(PING_PAYLOAD_SIZE)
+    answer: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+    pongs.waiting[payload] = (time.monotonic(), answer)
+    try:
+        if not server_socket.send_ping(payload):
+            return None
+        async with asyncio.timeout(timeout):
+            return await answer
+    except TimeoutError:
+        return None
+    finally:
+        pongs.waiting.pop(payload, None)
+
+
+def ping_timed_out(send: Any) -> bool:
+    """Whether the server closed the socket behind this ASGI `send` because its keepalive
+    ping got no pong in time (§12 `ping_timeout`, rather than `closed`): for a disconnect
+    handler, once the socket is gone. False on a server the relay cannot reach into."""
+    server_socket = _server_socket(send)
+    return server_socket is not None and server_socket.timed_out()
