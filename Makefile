@@ -43,8 +43,9 @@ migrate: install
 demo: migrate
 	$(PY) manage.py load_demo --address $(HOST):$(PORT)
 
+# The development server and the task worker that delivers webhooks (bin/run stops both).
 run: demo
-	$(PY) manage.py runserver $(HOST):$(PORT)
+	HOST=$(HOST) PORT=$(PORT) $(PY) bin/run
 
 # Production: migrate, collectstatic, then WORKERS uvicorn processes on PORT, PORT+1, ...
 # (bin/serve, docs/deploy.md). WORKERS > 1 needs DATABASE_URL and REDIS_URL.

@@ -21,6 +21,10 @@ WORKERS > 1 needs REDIS_URL and DATABASE_URL: the in-memory channel layer and SQ
 private to one process. A worker that exits on its own is started again (after a short
 backoff); SIGTERM or SIGINT is passed to every worker, which closes its sockets with 1001
 (connector/relay/shutdown.py), and the command returns when all have stopped.
+
+Beside them run WEBHOOK_WORKERS (default 2) task workers (`manage.py db_worker`, django-tasks'
+database worker) that deliver webhooks (docs/webhooks.md), supervised the same way: started
+again when they exit, stopped with the rest (SIGTERM lets a worker finish its attempt).
 """
 
 from __future__ import annotations
@@ -73,6 +77,19 @@ def check_config() -> tuple[str, int, int]:
     return host, port, workers
 
 
+def check_webhook_workers() -> int:
+    workers = env_int("WEBHOOK_WORKERS", 2)
+    if workers < 0:
+        raise ConfigError("WEBHOOK_WORKERS must be 0 or more")
+    return workers
+
+
+def task_worker_command() -> list[str]:
+    """A task worker: webhook deliveries first, then the default queue; no autoreloader (its
+    parent process would not pass SIGTERM on to the worker it runs)."""
+    return [sys.executable, "manage.py", "db_worker", "--queue-name", "webhooks,default", "--no-reload"]
+
+
 def manage(*args: str) -> None:
     subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, check=True)
 
@@ -122,17 +139,22 @@ def worker_command(host: str, port: int) -> list[str]:
 
 
 class Supervisor:
-    def __init__(self, host: str, port: int, workers: int) -> None:
+    def __init__(self, host: str, port: int, workers: int, webhook_workers: int = 0) -> None:
         self.ports = [port + i for i in range(workers)]
         self.commands = [worker_command(host, p) for p in self.ports]
-        self.processes: list[subprocess.Popen | None] = [None] * workers
-        self.restarts = [0] * workers
-        self.due = [0.0] * workers
+        self.commands += [task_worker_command() for _ in range(webhook_workers)]
+        self.processes: list[subprocess.Popen | None] = [None] * len(self.commands)
+        self.restarts = [0] * len(self.commands)
+        self.due = [0.0] * len(self.commands)
         self.stopping = False
 
     def start(self, index: int) -> None:
         self.processes[index] = subprocess.Popen(self.commands[index], cwd=ROOT)
-        print(f"serve: worker {index} (pid {self.processes[index].pid}) on port {self.ports[index]}", flush=True)
+        pid = self.processes[index].pid
+        if index < len(self.ports):
+            print(f"serve: worker {index} (pid {pid}) on port {self.ports[index]}", flush=True)
+        else:
+            print(f"serve: webhook worker {index - len(self.ports)} (pid {pid})", flush=True)
 
     def stop(self, signum: int, _frame: object = None) -> None:
         self.stopping = True
@@ -182,13 +204,14 @@ class Supervisor:
 def main() -> int:
     try:
         host, port, workers = check_config()
+        webhook_workers = check_webhook_workers()
     except ConfigError as error:
         print(f"serve: {error}", file=sys.stderr)
         return 2
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
     manage("migrate", "--noinput")
     manage("collectstatic", "--noinput", "--verbosity", "0")
-    return Supervisor(host, port, workers).run()
+    return Supervisor(host, port, workers, webhook_workers).run()
 
 
 if __name__ == "__main__":

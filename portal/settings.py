@@ -407,6 +407,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # One name for the disconnect reasons that the device and its connections both show.
+    "ENUM_NAME_OVERRIDES": {"DisconnectReasonEnum": "connector.models.DisconnectReason"},
 }
 
 # --- Cloud Connector relay ---------------------------------------------------------------
@@ -453,6 +455,7 @@ cc_environment = {
     "HISTORY_DAYS": env_int,
     "WEBHOOK_TIMEOUT": env_int,
     "WEBHOOK_RETRY_HOURS": env_int,
+    "WEBHOOK_ALLOW_PRIVATE": env_bool,
 }
 # With no default, a reader answers None for a variable that is not set (or set empty, for
 # a number or a list): that key is left out, and the app's default holds.
