@@ -59,6 +59,15 @@ class DeviceOffline(errors.Conflict):
     code = "device_offline"
 
 
+class DeviceUnresponsive(errors.DomainError):
+    """`ping` got no pong from the device's socket within its timeout (v1.1 §12)."""
+
+    code = "device_unresponsive"
+
+    def __init__(self, message: str = "The device did not answer the ping in time.") -> None:
+        super().__init__(message)
+
+
 class SessionClaimed(errors.Conflict):
     """Another credential holds the claim on this session; claim with force to take it over."""
 

@@ -8,6 +8,8 @@ socket (see connector.relay).
 - `credential_group(application_id)`: the POS session sockets of a credential.
 - `listener_group(application_id)`: the pos-listener sockets of a credential (the events
   of §5 for the sessions it claims).
+- `presence_group_store(store_id)`, `presence_group_ma(ma_id)`: the pos-listener sockets
+  subscribed to presence (v1.1 §12) whose scope is that store or merchant aggregator.
 
 Revocations go to a credential's two groups (connector.events): `credential.revoked` closes
 them all; `token.revoked` names the token's checksum and closes the sockets that
@@ -50,6 +52,20 @@ def credential_group(application_id: int) -> str:
 
 def listener_group(application_id: int) -> str:
     return f"cc.listener.{application_id}"
+
+
+def presence_group_store(store_id: int) -> str:
+    return f"cc.presence.store.{store_id}"
+
+
+def presence_group_ma(ma_id: int) -> str:
+    return f"cc.presence.ma.{ma_id}"
+
+
+def presence_groups(*, store_id: int, ma_id: int) -> tuple[str, str]:
+    """The groups of the listeners subscribed to a device's presence (§12 `subscribe`): a
+    store POS's scope is its store, a Cloud API application's its merchant aggregator."""
+    return presence_group_store(store_id), presence_group_ma(ma_id)
 
 
 class Channel(str):
@@ -152,16 +168,39 @@ async def deliver(events: list[tuple[str, dict]]) -> None:
             logger.exception("could not deliver %s to %s", message.get("type"), group)
 
 
-def pos_event(*, application_id: int, event: str, session_id: str, tsn: str) -> tuple[str, dict]:
+def pos_event_message(
+    *,
+    event: str,
+    session_id: str,
+    tsn: str,
+    event_id: str | None = None,
+    occurred_at: str | None = None,
+    fields: dict | None = None,
+) -> dict:
+    """A listener event as it travels (the listener socket adds its `seq`): `event_id` and
+    `occurred_at` of the recorded fact (connector.history), `fields` the event's own
+    (`endpoint` of device_replaced, `reason` of device_offline)."""
+    message = {"type": "pos.event", "event": event, "session_id": session_id, "tsn": tsn}
+    if event_id is not None:
+        message["event_id"] = event_id
+        message["occurred_at"] = occurred_at
+    if fields:
+        message["fields"] = fields
+    return message
+
+
+def pos_event(*, application_id: int, event: str, session_id: str, tsn: str, **envelope) -> tuple[str, dict]:
     """One of §5's events for the pos-listener sockets of a credential: (group, message)."""
-    return listener_group(application_id), {"type": "pos.event", "event": event, "session_id": session_id, "tsn": tsn}
+    return listener_group(application_id), pos_event_message(event=event, session_id=session_id, tsn=tsn, **envelope)
 
 
-def pos_event_after_commit(*, application_id: int | None, event: str, session_id: str, tsn: str) -> None:
+def pos_event_after_commit(*, application_id: int | None, event: str, session_id: str, tsn: str, **envelope) -> None:
     """One of §5's events for the pos-listener sockets of the credential holding a claim."""
     if application_id is None:
         return
-    send_after_commit(*pos_event(application_id=application_id, event=event, session_id=session_id, tsn=tsn))
+    send_after_commit(
+        *pos_event(application_id=application_id, event=event, session_id=session_id, tsn=tsn, **envelope)
+    )
 
 
 def send_all_after_commit(events: list[tuple[str, dict]]) -> None:

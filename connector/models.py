@@ -54,6 +54,12 @@ class Subscription(models.Model):
         return f"{self.tenant} → {self.service}"
 
 
+# Written only by the relay (connector.history), never by a save of the whole device.
+PRESENCE_FIELDS = frozenset(
+    {"online", "online_since", "offline_since", "last_seen_at", "last_disconnect_reason", "event_seq"}
+)
+
+
 class Device(models.Model):
     """A payment terminal, provisioned under a merchant and one of its stores."""
 
@@ -94,6 +100,16 @@ class Device(models.Model):
 
     def __str__(self) -> str:
         return self.tsn
+
+    def save(self, *args, **kwargs) -> None:
+        """An edit (admin, API, portal, import) never writes the presence fields back: the
+        relay changes them meanwhile (connector.history), and a form's stale copy must not
+        take a terminal offline or rewind its event sequence."""
+        if not self._state.adding and kwargs.get("update_fields") is None:
+            kwargs["update_fields"] = [
+                f.name for f in self._meta.concrete_fields if not f.primary_key and f.name not in PRESENCE_FIELDS
+            ]
+        super().save(*args, **kwargs)
 
     @property
     def tsn(self) -> str:

@@ -17,9 +17,9 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from connector import groups
+from connector import groups, history
 from connector.conf import connector_settings
-from connector.models import DeviceSession, NodeHeartbeat, SessionSocket
+from connector.models import DeviceSession, DisconnectReason, NodeHeartbeat, SessionSocket
 from connector.selectors import ended_retention
 from connector.session_sockets import lock_sessions, offline_if_no_device_socket
 from connector.sessions import State, grace_period, sessions_end
@@ -56,7 +56,7 @@ def node_forget(*, node: str) -> None:
         SessionSocket.objects.filter(node=node).delete()
         NodeHeartbeat.objects.filter(node=node).delete()
         _tell_peers_elsewhere(mine)
-        offline_if_no_device_socket(session_ids=sessions, now=timezone.now())
+        offline_if_no_device_socket(session_ids=sessions, now=timezone.now(), reason=DisconnectReason.SERVER_SHUTDOWN)
 
 
 def _tell_peers_elsewhere(gone: list[tuple[str, str, str, str]]) -> None:
@@ -119,7 +119,7 @@ def _sweep_dead_nodes(*, now: datetime) -> tuple[list[str], int]:
     lock_sessions(sessions)
     dead.delete()
     nodes_dead, _ = NodeHeartbeat.objects.filter(seen_at__lt=cutoff).delete()
-    return offline_if_no_device_socket(session_ids=sessions, now=now), nodes_dead
+    return offline_if_no_device_socket(session_ids=sessions, now=now, reason=DisconnectReason.NODE_LOST), nodes_dead
 
 
 @transaction.atomic
@@ -129,3 +129,4 @@ def session_counters_add(*, deltas: dict[str, tuple[int, int]]) -> None:
         DeviceSession.objects.filter(pk=session_id).update(
             frames_relayed=F("frames_relayed") + relayed, frames_dropped=F("frames_dropped") + dropped
         )
+    history.frames_add(deltas)

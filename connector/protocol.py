@@ -37,6 +37,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from accounts import errors as domain
@@ -125,6 +126,7 @@ ERRORS: dict[str, tuple[int, str, int]] = {
     "ambiguous_tsn": (409, "ambiguous_tsn", Close.NOT_FOUND),
     "not_claimed": (409, "not_claimed", Close.FORBIDDEN),
     "rate_limited": (429, "rate_limited", Close.RATE_LIMITED),
+    "device_unresponsive": (504, "device_unresponsive", Close.PEER_UNAVAILABLE),
     # Generic domain errors, for a service that raises one of accounts.errors directly.
     domain.Invalid.code: (400, "invalid_request", Close.PROTOCOL_VIOLATION),
     domain.NotFound.code: (404, "not_found", Close.NOT_FOUND),
@@ -286,6 +288,13 @@ def shown(value: Any, limit: int = 60) -> str:
 
 def ok_response(flow_id: Any, **fields: Any) -> str:
     return dumps({"response": {"flow_id": flow_id, "resource": {"status": "ok", "status_code": 200, **fields}}})
+
+
+def timestamp(moment: datetime | None) -> str | None:
+    """A time as v1.1 writes it: RFC 3339 in UTC with milliseconds (`2026-12-02T17:06:23.123Z`)."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def error_response(flow_id: Any, error: WireError) -> str:

@@ -23,8 +23,9 @@ from accounts.prepared import Prepared
 from accounts.scope import Level, Principal, in_scope
 from connector.callers import Caller
 from connector.conf import connector_settings
-from connector.errors import AmbiguousTsn, DeviceDisabled, ServiceNotActive, UnknownDevice
+from connector.errors import AmbiguousTsn, DeviceDisabled, DeviceOffline, ServiceNotActive, UnknownDevice
 from connector.models import Device, DeviceSession, SessionSocket, tsn_lower
+from connector.protocol import timestamp
 from connector.services import ACTIVATION_FLAGS, Unusable, devices_with_activation, unusable_reason_from_flags
 
 State = DeviceSession.State
@@ -166,27 +167,52 @@ def device_require_usable(*, device: Device) -> None:
 
 
 def devices_for_caller(*, caller: Caller) -> list[dict]:
-    """Every device in the caller's scope, with its live session's state (§5 `devices`)."""
+    """Every device in the caller's scope, with its presence (v1.1 §11) and its live
+    session's claim (§5 `devices`)."""
     live = DeviceSession.objects.filter(LIVE, device_id=OuterRef("pk"))
     rows = (
         devices_in_scope(principal=caller.principal)
-        .annotate(
-            session_id=Subquery(live.values("pk")[:1]),
-            session_state=Subquery(live.values("state")[:1]),
-            holder=Subquery(live.values("claimed_by_id")[:1]),
-        )
+        .annotate(session_id=Subquery(live.values("pk")[:1]), holder=Subquery(live.values("claimed_by_id")[:1]))
         .order_by("id")
     )
     return [
         {
             "tsn": device.tsn,
-            "online": device.session_state == State.ONLINE,
+            "online": device.online,
             "claimed": device.holder is not None,
             "claimed_by_you": device.holder == caller.application_id,
             "session_id": device.session_id,
+            **presence_fields(device),
         }
         for device in rows
     ]
+
+
+def presence_fields(device: Device) -> dict:
+    """A device's presence as v1.1 §11 writes it (besides `online`)."""
+    return {
+        "online_since": timestamp(device.online_since),
+        "offline_since": timestamp(device.offline_since),
+        "last_seen_at": timestamp(device.last_seen_at),
+        "last_disconnect_reason": device.last_disconnect_reason or None,
+    }
+
+
+def device_socket_for_ping(*, caller: Caller, tsn: str) -> str:
+    """The channel of a device socket of the device a tsn names in the caller's scope (v1.1
+    §12 `ping`: holding the claim is not needed); DeviceOffline when it has none."""
+    device = device_find(principal=caller.principal, tsn=tsn)
+    channel = (
+        SessionSocket.objects.filter(
+            session__device_id=device.pk, session__state=State.ONLINE, side=SessionSocket.Side.DEVICE
+        )
+        .order_by("connected_at")
+        .values_list("channel_name", flat=True)
+        .first()
+    )
+    if channel is None:
+        raise DeviceOffline()
+    return channel
 
 
 # --- what the relay's sockets should know, after a Redis outage (the relay's recovery) -------

@@ -21,7 +21,7 @@ from accounts.models import Merchant, MerchantAggregator, Store, Tenant
 from accounts.permissions import Kind, activation_kind
 from accounts.scope import Principal
 from accounts.services import require_authority, validated
-from connector import events, serial_refusals
+from connector import events, history, serial_refusals
 from connector.models import CLOUD_CONNECTOR, Activation, Device, DeviceSession, Service, ServiceDomain, Subscription
 
 
@@ -146,7 +146,8 @@ def subscription_create(*, tenant: Tenant, actor: Principal, service_code: str =
     service = cloud_connector() if service_code == CLOUD_CONNECTOR else None
     if service is None:
         raise Invalid({"service": [f"Unknown service {service_code!r}."]})
-    subscription, created = Subscription.objects.get_or_create(tenant=tenant, service=service)
+    with history.activation_watch(Device.objects.filter(tenant=tenant)):
+        subscription, created = Subscription.objects.get_or_create(tenant=tenant, service=service)
     if not created:
         raise Conflict(f"The tenant is already subscribed to {service.code}.")
     audit_record(actor=actor, action="subscription.create", obj=subscription, tenant_id=tenant.pk)
@@ -158,7 +159,8 @@ def subscription_delete(*, subscription: Subscription, actor: Principal) -> None
     require_authority(actor, Kind.SUBSCRIPTION)
     tenant_id = subscription.tenant_id
     audit_record(actor=actor, action="subscription.delete", obj=subscription, tenant_id=tenant_id)
-    subscription.delete()
+    with history.activation_watch(Device.objects.filter(tenant_id=tenant_id)):
+        subscription.delete()
     events.devices_changed(devices=Device.objects.filter(tenant_id=tenant_id))
 
 
@@ -199,6 +201,11 @@ def service_activate(*, obj: MerchantAggregator | Merchant | Device, actor: Prin
     level = activation_level(obj)
     require_authority(actor, activation_kind(level))
     service = cloud_connector()
+    with history.activation_watch(devices_beneath(obj)):
+        return _activate(obj=obj, level=level, service=service, actor=actor)
+
+
+def _activate(*, obj: MerchantAggregator | Merchant | Device, level: str, service: Service, actor: Principal) -> int:
     _, created = Activation.objects.get_or_create(service=service, **{level: obj})
     if level == "device":
         # The device's own activation is the one just made: count it, there is nothing beneath.
@@ -223,7 +230,8 @@ def service_deactivate(*, obj: MerchantAggregator | Merchant | Device, actor: Pr
     them is usable while a level above is inactive; their live sessions end."""
     level = activation_level(obj)
     require_authority(actor, activation_kind(level))
-    Activation.objects.filter(service__code=CLOUD_CONNECTOR, **{level: obj}).delete()
+    with history.activation_watch(devices_beneath(obj)):
+        Activation.objects.filter(service__code=CLOUD_CONNECTOR, **{level: obj}).delete()
     audit_record(actor=actor, action=f"{level}.cloud_connector.deactivate", obj=obj, tenant_id=_tenant_id(obj))
     events.devices_changed(devices=devices_beneath(obj))
 
@@ -359,7 +367,11 @@ def device_update(*, device: Device, actor: Principal, **changes) -> Device:
     if identity_changed:
         _check_unique_serial(device=device, actor=actor)
     validated(device)
-    device.save()
+    watched = (
+        Device.objects.filter(pk=device.pk) if {"enabled", "provisioned"} & set(changes) else Device.objects.none()
+    )
+    with history.activation_watch(watched):
+        device.save()
     audit_record(
         actor=actor,
         action="device.update",

@@ -21,11 +21,11 @@ from django.db.models import Count
 from django.utils import timezone
 
 from accounts.prepared import Prepared, insert, update
-from connector import groups
+from connector import groups, history
 from connector.callers import Caller
 from connector.conf import connector_settings
 from connector.errors import NotClaimHolder, SocketQuotaExceeded, UnknownEndpoint, UnknownSession
-from connector.models import DeviceSession, SessionSocket
+from connector.models import DeviceSession, DisconnectReason, SessionSocket
 from connector.sessions import Side, State, live_session_lock, session_lock
 
 
@@ -80,24 +80,19 @@ def device_socket_attach(*, session_id: str, device_id: int, endpoint: str, chan
     replaced, peer = _take_slot(
         session=session, side=Side.DEVICE, endpoint=endpoint, channel_name=channel_name, node=node
     )
-    if replaced is not None and session.claimed_by_id is not None:
-        groups.send_after_commit(
-            groups.listener_group(session.claimed_by_id),
-            {
-                "type": "pos.event",
-                "event": "device_replaced",
-                "session_id": session.pk,
-                "tsn": session.device.tsn,
-                "fields": {"endpoint": endpoint},
-            },
-        )
+    told = []
+    if replaced is not None:
+        event = history.replaced(device_id=device_id, session_id=session.pk, endpoint=endpoint, now=now)
+        if event is not None:
+            told += history.listener_messages(
+                event, event="device_replaced", holder=session.claimed_by_id, fields={"endpoint": endpoint}
+            )
     updates = {"last_seen_at": now, "node": node}
     if session.state != State.ONLINE:
         updates.update(state=State.ONLINE, online_at=now, offline_at=None)
-        groups.pos_event_after_commit(
-            application_id=session.claimed_by_id, event="device_online", session_id=session.pk, tsn=session.device.tsn
-        )
+        told += _online(session=session, node=node, now=now)
     update(DeviceSession, session.pk, **updates)
+    groups.send_all_after_commit(told)
     _announce_peer(kind="peer.attached", side=Side.DEVICE, endpoint=endpoint, channel=channel_name, peer=peer)
     return Attached(
         session_id=session.pk,
@@ -187,12 +182,21 @@ def socket_reassert(
         DeviceSession.objects.filter(pk=session.pk).update(
             state=State.ONLINE, online_at=now, offline_at=None, node=node, last_seen_at=now
         )
-        groups.pos_event_after_commit(
-            application_id=session.claimed_by_id, event="device_online", session_id=session.pk, tsn=session.device.tsn
-        )
+        groups.send_all_after_commit(_online(session=session, node=node, now=now))
     peer = socket_channel(session_id=session.pk, side=_other(side), endpoint=endpoint)
     _announce_peer(kind="peer.attached", side=side, endpoint=endpoint, channel=channel_name, peer=peer)
     return True
+
+
+def _online(*, session: DeviceSession, node: str, now: datetime) -> list[tuple[str, dict]]:
+    """The session's first device socket: the device's presence, its event and online
+    period (connector.history), and what its listeners hear."""
+    event = history.went_online(
+        device_id=session.device_id, session_id=session.pk, holder=session.claimed_by_id, now=now
+    )
+    if event is None:
+        return []
+    return history.listener_messages(event, event="device_online", holder=session.claimed_by_id, presence=True)
 
 
 def socket_channel(*, session_id: str, side: str, endpoint: str) -> str | None:
@@ -205,10 +209,13 @@ def socket_channel(*, session_id: str, side: str, endpoint: str) -> str | None:
 
 
 @transaction.atomic
-def socket_detach(*, session_id: str, side: str, endpoint: str, channel_name: str) -> None:
-    """A socket closed. The last device socket gone takes the session offline."""
+def socket_detach(
+    *, session_id: str, side: str, endpoint: str, channel_name: str, reason: str = DisconnectReason.CLOSED
+) -> None:
+    """A socket closed (a device socket for `reason`, v1.1 §11). The last device socket
+    gone takes the session offline."""
     now = timezone.now()
-    session_lock(session_id)
+    session = session_lock(session_id)
     deleted, _ = SessionSocket.objects.filter(
         session_id=session_id, side=side, endpoint=endpoint, channel_name=channel_name
     ).delete()
@@ -217,14 +224,16 @@ def socket_detach(*, session_id: str, side: str, endpoint: str, channel_name: st
     peer = socket_channel(session_id=session_id, side=_other(side), endpoint=endpoint)
     _announce_peer(kind="peer.detached", side=side, endpoint=endpoint, channel=channel_name, peer=peer)
     if side == Side.DEVICE:
-        offline_if_no_device_socket(session_ids=[session_id], now=now)
+        if not offline_if_no_device_socket(session_ids=[session_id], now=now, reason=reason) and session:
+            history.socket_gone(device_id=session.device_id, reason=reason)
 
 
-def offline_if_no_device_socket(*, session_ids: list[str], now: datetime) -> list[str]:
-    """Take online sessions without a device socket offline. The callers hold the
-    sessions' locks; the sockets are counted after the lock was granted, so that an attach
-    that committed meanwhile is seen. Reads only what it needs (a worker shutting down runs
-    this for all its sessions at once), and its events leave in one go after the commit."""
+def offline_if_no_device_socket(*, session_ids: list[str], now: datetime, reason: str) -> list[str]:
+    """Take online sessions without a device socket offline, their devices' last socket
+    gone for `reason` (v1.1 §11). The callers hold the sessions' locks; the sockets are
+    counted after the lock was granted, so that an attach that committed meanwhile is seen.
+    Reads only what it needs (a worker shutting down runs this for all its sessions at
+    once), and its events leave in one go after the commit."""
     online = [row for row in lock_sessions(session_ids) if row[1] == State.ONLINE]
     attached = set(
         SessionSocket.objects.filter(session_id__in=[row[0] for row in online], side=Side.DEVICE).values_list(
@@ -237,27 +246,26 @@ def offline_if_no_device_socket(*, session_ids: list[str], now: datetime) -> lis
     DeviceSession.objects.filter(pk__in=[row[0] for row in going], state=State.ONLINE).update(
         state=State.OFFLINE, offline_at=now
     )
-    groups.send_all_after_commit(
-        [
-            groups.pos_event(
-                application_id=holder, event="device_offline", session_id=pk, tsn=f"{make}-{model}-{serial}"
+    events = history.went_offline(sessions=[(row[0], row[2]) for row in going], reason=reason, now=now)
+    told = []
+    for pk, _state, _device_id, holder in going:
+        event = events.get(pk)
+        if event is not None:
+            told += history.listener_messages(
+                event, event="device_offline", holder=holder, fields={"reason": reason}, presence=True
             )
-            for pk, _state, holder, make, model, serial in going
-            if holder is not None
-        ]
-    )
+    groups.send_all_after_commit(told)
     return [row[0] for row in going]
 
 
 def lock_sessions(session_ids: list[str]) -> list[tuple]:
     """`sessions_lock` for many sessions (same rows, same order, same lock) reading only the
-    id, the state, the claim holder and the device's tsn parts (make, model, serial): no
-    model built per row."""
+    id, the state, the device and the claim holder: no model built per row."""
     return list(
         DeviceSession.objects.select_for_update(of=("self",))
         .filter(pk__in=session_ids)
         .order_by("pk")
-        .values_list("pk", "state", "claimed_by_id", "device__make", "device__model", "device__serial")
+        .values_list("pk", "state", "device_id", "claimed_by_id")
     )
 
 

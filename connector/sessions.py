@@ -46,7 +46,7 @@ from accounts.models import Application
 from accounts.oauth import credential_scopes
 from accounts.prepared import Prepared, insert, update
 from accounts.scope import Level, Principal, principal_for_application
-from connector import groups, tokens
+from connector import groups, history, tokens
 from connector.callers import Caller
 from connector.conf import connector_settings
 from connector.errors import (
@@ -324,8 +324,11 @@ def session_claim(*, caller: Caller, tsn: str, force: bool = False, now: datetim
             raise UnknownDevice()
         if session is not None:
             previous = _claim_locked(session=session, application_id=caller.application_id, force=force)
+            if previous != caller.application_id:
+                _claim_recorded(
+                    session=session, tsn=device.tsn, previous=previous, holder=caller.application_id, now=now
+                )
             if previous is not None and previous != caller.application_id:
-                _announce_takeover(session=session, tsn=device.tsn, previous=previous, holder=caller.application_id)
                 audit_record(
                     actor=caller.principal,
                     action="device.session_takeover",
@@ -376,9 +379,33 @@ def _claim_locked(*, session: DeviceSession, application_id: int, force: bool) -
     return current
 
 
-def _announce_takeover(*, session: DeviceSession, tsn: str, previous: int, holder: int) -> None:
+def _claim_recorded(*, session: DeviceSession, tsn: str, previous: int | None, holder: int, now: datetime) -> None:
+    """A claim taken (`session.claimed`) or taken over (`session.taken_over`, the previous
+    holder's sockets told with `claim.changed` and its listeners with `session_taken_over`)."""
+    name = history.holder_name(holder)
+    if previous is None:
+        history.claim_changed(
+            device_id=session.device_id,
+            session_id=session.pk,
+            fact_type=history.Type.SESSION_CLAIMED,
+            data={"claimed_by": name},
+            holder_label=name,
+            now=now,
+        )
+        return
+    event = history.claim_changed(
+        device_id=session.device_id,
+        session_id=session.pk,
+        fact_type=history.Type.SESSION_TAKEN_OVER,
+        data={"claimed_by": name, "previous": history.holder_name(previous)},
+        holder_label=name,
+        now=now,
+    )
     groups.send_after_commit(groups.session_group(session.pk), {"type": "claim.changed", "holder": holder})
-    groups.pos_event_after_commit(application_id=previous, event="session_taken_over", session_id=session.pk, tsn=tsn)
+    envelope = event.envelope() if event is not None else {}
+    groups.pos_event_after_commit(
+        application_id=previous, event="session_taken_over", session_id=session.pk, tsn=tsn, **envelope
+    )
 
 
 @transaction.atomic
@@ -394,6 +421,7 @@ def session_release(*, caller: Caller, session_id: str) -> None:
     )
     if not released:
         raise NotClaimed()
+    _released(session=session, holder=caller.application_id)
     groups.send_after_commit(
         groups.session_group(session.pk), {"type": "claim.released", "application_id": caller.application_id}
     )
@@ -420,23 +448,57 @@ def sessions_end(
         live = live.filter(device_id__in=device_ids)
     if session_ids is not None:
         live = live.filter(pk__in=session_ids)
-    ending = [
-        (session.pk, session.claimed_by_id, session.device.tsn)
-        for session in sessions_lock(list(live.values_list("pk", flat=True)))
-        if session.state != State.ENDED
+    locked = [
+        session for session in sessions_lock(list(live.values_list("pk", flat=True))) if session.state != State.ENDED
     ]
-    if not ending:
+    if not locked:
         return []
-    ended = [row[0] for row in ending]
-    DeviceSession.objects.filter(LIVE, pk__in=ended).update(
-        state=State.ENDED, ended_at=timezone.now(), end_reason=reason[:40]
-    )
+    now = timezone.now()
+    ended = [session.pk for session in locked]
+    DeviceSession.objects.filter(LIVE, pk__in=ended).update(state=State.ENDED, ended_at=now, end_reason=reason[:40])
     SessionSocket.objects.filter(session_id__in=ended).delete()
-    for session_id, holder, tsn in ending:
-        groups.send_after_commit(
-            groups.session_group(session_id), {"type": "session.end", "code": CLOSE_GONE, "reason": reason}
+    # Presence first (the device sockets it closes), then the end itself: two events each.
+    disconnect = history.end_disconnect_reason(reason)
+    went = history.went_offline(
+        sessions=[(session.pk, session.device_id) for session in locked if session.state == State.ONLINE],
+        reason=disconnect,
+        now=now,
+    )
+    told = []
+    for event in went.values():
+        told += history.listener_messages(
+            event, event="device_offline", holder=None, fields={"reason": disconnect}, presence=True
         )
-        groups.pos_event_after_commit(application_id=holder, event="session_ended", session_id=session_id, tsn=tsn)
+    recorded = {
+        event.session_id: event
+        for event in history.record(
+            [
+                history.Fact(
+                    device_id=session.device_id,
+                    type=history.Type.SESSION_ENDED,
+                    session_id=session.pk,
+                    data={"reason": reason[:40]},
+                )
+                for session in locked
+            ],
+            now=now,
+        )
+    }
+    for session in locked:
+        told.append((groups.session_group(session.pk), {"type": "session.end", "code": CLOSE_GONE, "reason": reason}))
+        if session.claimed_by_id is not None:
+            event = recorded.get(session.pk)
+            envelope = event.envelope() if event is not None else {}
+            told.append(
+                groups.pos_event(
+                    application_id=session.claimed_by_id,
+                    event="session_ended",
+                    session_id=session.pk,
+                    tsn=session.device.tsn,
+                    **envelope,
+                )
+            )
+    groups.send_all_after_commit(told)
     return ended
 
 
@@ -467,6 +529,7 @@ def claims_out_of_reach_release(*, device_id: int) -> list[str]:
         if session.state == State.ENDED or holder is None or _credential_reaches(holder, device_id):
             continue
         DeviceSession.objects.filter(pk=session.pk).update(claimed_by=None, claimed_at=None)
+        _released(session=session, holder=holder, reason="device_moved")
         groups.send_after_commit(
             groups.session_group(session.pk),
             {"type": "claim.released", "application_id": holder, "code": CLOSE_GONE},
@@ -492,4 +555,25 @@ def credential_claims_settle(*, application_id: int, session_ids: list[str]) -> 
     if application is None:
         sessions_end(session_ids=session_ids, reason="credential_deleted")
     elif SCOPE_CLOUD_CONNECTOR not in credential_scopes(application):
-        DeviceSession.objects.filter(LIVE, claimed_by_id=application_id).update(claimed_by=None, claimed_at=None)
+        with transaction.atomic():
+            for session in sessions_lock(
+                list(DeviceSession.objects.filter(LIVE, claimed_by_id=application_id).values_list("pk", flat=True))
+            ):
+                if session.claimed_by_id == application_id and session.state != State.ENDED:
+                    DeviceSession.objects.filter(pk=session.pk).update(claimed_by=None, claimed_at=None)
+                    _released(session=session, holder=application_id, reason="credential_lost_access")
+
+
+def _released(*, session: DeviceSession, holder: int, reason: str | None = None) -> None:
+    """`session.released`, recorded (by the holder itself, or for `reason`)."""
+    data = {"released_by": history.holder_name(holder)}
+    if reason:
+        data["reason"] = reason
+    history.claim_changed(
+        device_id=session.device_id,
+        session_id=session.pk,
+        fact_type=history.Type.SESSION_RELEASED,
+        data=data,
+        holder_label="",
+        now=timezone.now(),
+    )

@@ -86,6 +86,7 @@ class BaseConsumer(AsyncWebsocketConsumer):
         self.disconnected = False  # the disconnect handler has run
         self.session_id: str | None = None
         self.admitted = False  # counted by connector.relay.admission until `release_admission`
+        self.close_code_sent: int | None = None  # the code this side closed the socket with
         # What the socket's log lines carry (portal.logs.CONTEXT_FIELDS); never a secret.
         self.log_fields: dict[str, Any] = {}
 
@@ -267,6 +268,7 @@ class BaseConsumer(AsyncWebsocketConsumer):
         if self.closed:
             return
         self.closed = True
+        self.close_code_sent = int(code)
         if self.kind is not None:
             metrics.socket_closed(kind=self.kind, code=int(code))
         if not logged:

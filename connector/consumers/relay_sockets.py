@@ -16,6 +16,7 @@ from connector import groups, metrics, nodes, protocol, session_sockets, session
 from connector.conf import connector_settings
 from connector.consumers.base import BaseConsumer, db
 from connector.consumers.pos_listener import PosCaller
+from connector.models import DisconnectReason
 from connector.protocol import Close
 from connector.relay import servers
 from connector.relay.broker import LayerUnavailable
@@ -49,6 +50,8 @@ class RelayConsumer(BaseConsumer):
         self.buffer: servers.SocketBuffer | None = None
         # Why the last frame could not be handed over, when not for want of a peer (metrics).
         self.drop_reason: str | None = None
+        # A frame or a pong came since the last `last_seen_at` write (connector.history.seen_write).
+        self.heard = False
 
     async def websocket_connect(self, message: dict) -> None:
         servers.server_socket_tune(self, max_message=self.max_size)
@@ -158,6 +161,7 @@ class RelayConsumer(BaseConsumer):
     async def websocket_receive(self, message: dict) -> None:
         if self.closed or not self.attached:
             return
+        self.heard = True
         text = message.get("text")
         if text is not None:
             if protocol.text_size_exceeds(text, self.max_size):
@@ -301,6 +305,10 @@ class RelayConsumer(BaseConsumer):
             registry.remove(self)
         await super().close_socket(code, logged=logged, reason=reason)
 
+    def disconnect_reason(self, code: int) -> str:
+        """Why this socket went away (v1.1 §11), for a device socket's presence."""
+        return DisconnectReason.CLOSED
+
     async def disconnect(self, code: int) -> None:
         self.closed = True
         registry.remove(self)
@@ -321,16 +329,19 @@ class RelayConsumer(BaseConsumer):
                 endpoint=self.endpoint,
                 channel_name=self.channel_name,
                 deltas=deltas,
+                reason=self.disconnect_reason(code),
             )
         except Exception:  # noqa: BLE001 - the sweep will forget the row
             registry.give_back(deltas)
             logger.exception("could not detach %s", self.channel_name)
 
 
-def _detach(*, session_id: str, side: str, endpoint: str, channel_name: str, deltas: dict) -> None:
+def _detach(*, session_id: str, side: str, endpoint: str, channel_name: str, deltas: dict, reason: str) -> None:
     if deltas:
         nodes.session_counters_add(deltas=deltas)
-    session_sockets.socket_detach(session_id=session_id, side=side, endpoint=endpoint, channel_name=channel_name)
+    session_sockets.socket_detach(
+        session_id=session_id, side=side, endpoint=endpoint, channel_name=channel_name, reason=reason
+    )
 
 
 class DeviceSocketConsumer(RelayConsumer):
@@ -356,12 +367,45 @@ class DeviceSocketConsumer(RelayConsumer):
         except tokens.InvalidDeviceToken:
             await self.refuse(Close.UNAUTHENTICATED)
             return
+        self.device_id = claims.device_id
+        # Pongs count as signs of life (`last_seen_at`), as frames do.
+        servers.watch_pongs(self.base_send, self.pong_heard)
         await self.attach(
             session_id,
             session_sockets.device_socket_attach,
             (groups.session_group(session_id),),
             device_id=claims.device_id,
         )
+
+    def pong_heard(self) -> None:
+        self.heard = True
+
+    async def device_ping(self, message: dict) -> None:
+        """A listener's `ping` (v1.1 §12): a WebSocket ping to the terminal now; the round
+        trip, or None when no pong came in time, goes back to the listener."""
+        rtt = None
+        if not self.closed:
+            try:
+                rtt = await servers.ping(self.base_send, timeout=float(message.get("timeout", 5.0)))
+            except servers.PingUnsupported:
+                logger.warning("this server offers no WebSocket ping to the application")
+            except Exception:  # noqa: BLE001 - the socket went away meanwhile: no pong
+                logger.debug("ping of %s failed", self.channel_name)
+        if rtt is not None:
+            self.heard = True
+        with contextlib.suppress(Exception):  # the listener may have gone
+            await self.channel_layer.send(
+                message["reply_to"], {"type": "device.pong", "ping_id": message.get("ping_id"), "rtt_ms": rtt}
+            )
+
+    def disconnect_reason(self, code: int) -> str:
+        if self.close_code_sent == Close.REPLACED:
+            return DisconnectReason.REPLACED
+        if self.close_code_sent == Close.GOING_AWAY:
+            return DisconnectReason.SERVER_SHUTDOWN
+        if servers.ping_timed_out(self.base_send):
+            return DisconnectReason.PING_TIMEOUT
+        return DisconnectReason.CLOSED
 
     def relayed(self, size: int) -> None:
         metrics.frames.to_pos += 1

@@ -11,6 +11,13 @@ forgotten after `NODE_TIMEOUT` (default 30 s) and their sessions go offline.
 Every `COUNTER_FLUSH_INTERVAL` seconds (default 2) it adds the frame counters to the
 sessions' rows (connector.relay.registry), and at every heartbeat it asks the channel
 layer whether Redis lost this process's state (connector.relay.recovery).
+
+Every `LAST_SEEN_INTERVAL` seconds (default 10) it writes `last_seen_at` for the devices
+whose sockets on this process sent a frame or a pong since the last time (each socket sets
+a flag; one UPDATE for all of them: connector.history.seen_write). Servers ping a socket
+that sent nothing for PING_INTERVAL (10 s under `make serve`, 20 s under daphne), so an
+online terminal's `last_seen_at` is at most about PING_INTERVAL + LAST_SEEN_INTERVAL old.
+The same round re-enqueues webhook deliveries whose task was lost (connector.webhooks).
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ import logging
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.utils import timezone
 
-from connector import fleet, metrics, nodes
+from connector import fleet, history, metrics, nodes
 from connector.conf import connector_settings
 from connector.relay import recovery, shutdown
 from connector.relay.registry import NODE, flush_counters, registry
 from connector.relay.tasks import task_of_loop
+from connector.webhooks import delivery as webhook_deliveries
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +55,15 @@ def ensure_housekeeping() -> None:
 async def _housekeep() -> None:
     flush_every = max(0.05, connector_settings.COUNTER_FLUSH_INTERVAL)
     sweep_every = max(flush_every, connector_settings.SWEEP_INTERVAL)
+    seen_every = max(flush_every, connector_settings.LAST_SEEN_INTERVAL)
     beaten = False
     since_sweep = sweep_every
+    since_seen = 0.0
     while not registry.shutting_down:
         try:
+            if since_seen >= seen_every:
+                since_seen = 0.0
+                await write_last_seen()
             if since_sweep >= sweep_every:
                 since_sweep = 0.0
                 alive = await _heartbeat()
@@ -58,6 +72,7 @@ async def _housekeep() -> None:
                 beaten = True
                 swept = await database_sync_to_async(nodes.sessions_sweep)()
                 metrics.nodes_presumed_dead(swept.nodes_dead)
+                await database_sync_to_async(webhook_deliveries.sweep)()
                 await recovery.check_channel_layer()
             await flush_counters()
             registry.forget_idle_counters()
@@ -67,6 +82,19 @@ async def _housekeep() -> None:
             logger.exception("relay housekeeping failed")
         await asyncio.sleep(flush_every)
         since_sweep += flush_every
+        since_seen += flush_every
+
+
+async def write_last_seen() -> int:
+    """`last_seen_at` for the devices heard from since the last call (see the module's doc)."""
+    heard = []
+    for sock in list(registry.sockets.values()):
+        if getattr(sock, "heard", False) and getattr(sock, "device_id", None) is not None:
+            sock.heard = False
+            heard.append(sock.device_id)
+    if not heard:
+        return 0
+    return await database_sync_to_async(history.seen_write)(device_ids=sorted(set(heard)), now=timezone.now())
 
 
 async def _heartbeat() -> bool:

@@ -6,6 +6,8 @@ the aggregator's application (a member), the neighbour POS and the far POS (outs
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from typing import Any
 
 from channels.routing import URLRouter
@@ -102,10 +104,36 @@ async def device_socket(registration: dict[str, Any], endpoint: str = "/") -> We
     return await opened(comm)
 
 
+RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+class EventNumbers:
+    """What one listener socket's events must carry besides their v1 fields (v1.1 §12):
+    a unique `event_id`, `occurred_at` in RFC 3339 with milliseconds, and `seq` counting
+    1, 2, 3 ... with no gap."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.ids: set[str] = set()
+
+    def checked(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """The resource without those three fields, once they are checked."""
+        resource = dict(resource)
+        event_id, occurred_at, seq = resource.pop("event_id"), resource.pop("occurred_at"), resource.pop("seq")
+        uuid.UUID(event_id)
+        assert event_id not in self.ids, f"event {event_id} told twice to one socket"
+        self.ids.add(event_id)
+        assert RFC3339_MS.fullmatch(occurred_at), occurred_at
+        assert seq == self.seq + 1, (seq, self.seq)
+        self.seq = seq
+        return resource
+
+
 class Listener:
     """A pos-listener socket with request/response helpers."""
 
     def __init__(self, comm: WebsocketCommunicator) -> None:
+        self.numbers = EventNumbers()
         self.comm = comm
         self.flow = 0
 
@@ -128,7 +156,7 @@ class Listener:
     async def event(self) -> dict[str, Any]:
         message = json.loads(await self.comm.receive_from(TIMEOUT))
         assert "event" in message, message
-        return message["event"]["resource"]
+        return self.numbers.checked(message["event"]["resource"])
 
     async def close(self) -> None:
         await hang_up(self.comm)

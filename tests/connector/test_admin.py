@@ -539,6 +539,8 @@ def fleet():
     DeviceSession.objects.create(
         id="online-1", device=usable, state="online", jwt_expires_at=timezone.now() + timedelta(minutes=5)
     )
+    # What the relay writes with it (connector.history.went_online): presence is stored.
+    Device.objects.filter(pk=usable.pk).update(online=True, online_since=timezone.now())
     return {
         "usable": usable,
         "later": later,

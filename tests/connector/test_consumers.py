@@ -21,6 +21,7 @@ from connector.models import Device, DeviceSession, SessionSocket
 from connector.relay import shutdown
 from connector.relay.registry import NODE, registry
 from tests.connector.relay_world import (
+    RFC3339_MS,
     Listener,
     communicator,
     device_socket,
@@ -448,6 +449,7 @@ async def test_devices_lists_the_tokens_scope(world):
     await listener.claim(world.device.tsn)
     answer = await listener.ask({"action": "devices"})
     assert answer["status"] == "ok"
+    since = answer["devices"][0]["online_since"]
     assert answer["devices"] == [
         {
             "tsn": world.device.tsn,
@@ -455,8 +457,13 @@ async def test_devices_lists_the_tokens_scope(world):
             "claimed": True,
             "claimed_by_you": True,
             "session_id": registration["session_id"],
+            "online_since": since,
+            "offline_since": None,
+            "last_seen_at": since,
+            "last_disconnect_reason": None,
         }
     ]
+    assert RFC3339_MS.fullmatch(since)
     outsider = await Listener.open(world.far_pos_token)
     assert [row["tsn"] for row in (await outsider.ask({"action": "devices"}))["devices"]] == [world.far_device.tsn]
     await outsider.close()
@@ -508,8 +515,8 @@ async def test_events_reach_every_listener_of_the_claim_holder_only(world):
     assert await second.event() == online
     assert await other.comm.receive_nothing(0.2)
     await hang_up(device)
-    assert await first.event() == {**online, "type": "device_offline"}
-    assert await second.event() == {**online, "type": "device_offline"}
+    assert await first.event() == {**online, "type": "device_offline", "reason": "closed"}
+    assert await second.event() == {**online, "type": "device_offline", "reason": "closed"}
     for listener in (first, second, other):
         await listener.close()
 
@@ -742,7 +749,7 @@ async def test_a_device_lost_and_back_within_grace_keeps_its_session_and_the_cla
     registration, devices, listener, claim, poses = await online_pair(world)
     base = {"session_id": claim["session_id"], "tsn": world.device.tsn}
     await hang_up(devices["/"])
-    assert await listener.event() == {"type": "device_offline", **base}
+    assert await listener.event() == {"type": "device_offline", **base, "reason": "closed"}
     await poses["/"].send_to(text_data="while away")
     await expect_close(poses["/"], 4503)
     again = await register(world.device.tsn, world.pos_credentials)
@@ -971,6 +978,7 @@ async def test_a_socket_whose_handler_crashes_is_cleaned_up_like_a_disconnect(wo
         "type": "device_offline",
         "tsn": world.device.tsn,
         "session_id": claim["session_id"],
+        "reason": "closed",
     }
     assert not await db(SessionSocket.objects.filter(channel_name=device_channel).exists)()
     await hang_up(poses["/"])

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import signal
+import weakref
 from collections.abc import Coroutine
 from typing import Any
 
@@ -21,6 +22,7 @@ import requests
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.connector.relay_world import EventNumbers
 from tests.factories import make_access_token, make_pos, make_provisioning_client, make_usable_device
 from tests.live import LiveServer, run_bounded, server_log_printed, start_server
 
@@ -72,10 +74,14 @@ async def control(ws: ClientConnection, resource: dict, flow_id: str = "1") -> d
             return message["response"]["resource"]
 
 
+_numbers: weakref.WeakKeyDictionary[ClientConnection, EventNumbers] = weakref.WeakKeyDictionary()
+
+
 async def next_event(ws: ClientConnection) -> dict:
+    """The next event on a listener socket, its v1.1 envelope checked and taken off."""
     message = json.loads(await asyncio.wait_for(ws.recv(), 10))
     assert "event" in message, message
-    return message["event"]["resource"]
+    return _numbers.setdefault(ws, EventNumbers()).checked(message["event"]["resource"])
 
 
 async def closed_with(ws: ClientConnection, code: int) -> None:

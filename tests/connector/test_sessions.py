@@ -1,3 +1,4 @@
+import re
 import threading
 from datetime import timedelta
 
@@ -455,14 +456,22 @@ def test_devices_lists_the_scope_with_online_and_claims(world):
     attach_device(registration)
     sessions.session_claim(caller=caller_of(world.app), tsn=world.device.tsn)
     listed = {row["tsn"]: row for row in selectors.devices_for_caller(caller=caller_of(world.pos))}
+    online_since = listed[world.device.tsn]["online_since"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", online_since)
     assert listed[world.device.tsn] == {
         "tsn": world.device.tsn,
         "online": True,
         "claimed": True,
         "claimed_by_you": False,
         "session_id": registration.session_id,
+        # v1.1 §11: presence beside the v1 fields.
+        "online_since": online_since,
+        "offline_since": None,
+        "last_seen_at": online_since,
+        "last_disconnect_reason": None,
     }
     assert listed[other.tsn]["online"] is False and listed[other.tsn]["claimed"] is False
+    assert listed[other.tsn]["online_since"] is None and listed[other.tsn]["last_seen_at"] is None
     assert selectors.devices_for_caller(caller=caller_of(world.neighbour)) == []
     far = selectors.devices_for_caller(caller=caller_of(world.far_pos))
     assert [row["tsn"] for row in far] == [world.far_device.tsn]
