@@ -40,6 +40,7 @@ class Kind(enum.StrEnum):
     MERCHANT_AGGREGATOR_ACTIVATION = "merchant_aggregator_activation"
     MERCHANT_ACTIVATION = "merchant_activation"
     DEVICE_ACTIVATION = "device_activation"
+    WEBHOOK_ENDPOINT = "webhook_endpoint"
 
 
 # The deepest level at which a principal may write objects of each kind: at this level or
@@ -65,6 +66,10 @@ WRITE_LEVEL: dict[Kind, Level] = {
     Kind.MERCHANT_AGGREGATOR_ACTIVATION: Level.MERCHANT_AGGREGATOR,
     Kind.MERCHANT_ACTIVATION: Level.MERCHANT_AGGREGATOR,
     Kind.DEVICE_ACTIVATION: Level.MERCHANT,
+    # A merchant's back office receives its devices' events; an aggregator's, all of its
+    # merchants'. Which scope a merchant's people may give an endpoint is the service's rule
+    # (connector.webhook_endpoints): their merchant's, not their aggregator's.
+    Kind.WEBHOOK_ENDPOINT: Level.MERCHANT,
 }
 
 
@@ -101,6 +106,7 @@ _KIND_OF_LABEL = {
     "connector.subscription": Kind.SUBSCRIPTION,
     "connector.device": Kind.DEVICE,
     "connector.devicesession": Kind.DEVICE_SESSION,
+    "connector.webhookendpoint": Kind.WEBHOOK_ENDPOINT,
 }
 
 

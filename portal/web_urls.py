@@ -4,7 +4,7 @@ from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path, reverse_lazy
 
-from portal.views import activation, applications, auth, devices, home, static, stores
+from portal.views import activation, applications, auth, devices, home, static, stores, webhooks
 
 app_name = "portal"
 
@@ -84,8 +84,16 @@ portal_patterns = [
     path("devices/rows/", devices.device_rows, name="device_rows"),
     path("devices/<int:pk>/", devices.device_detail, name="device_detail"),
     path("devices/<int:pk>/state/", devices.device_state_fragment, name="device_state"),
+    path("devices/<int:pk>/timeline/", devices.device_timeline_fragment, name="device_timeline"),
     path("devices/<int:pk>/cloud-connector/<str:action>/", devices.device_switch, name="device_switch"),
     path("devices/<int:pk>/end-session/", devices.device_session_end_view, name="device_session_end"),
+    path("webhooks/", webhooks.webhook_list, name="webhook_list"),
+    path("webhooks/new/", webhooks.webhook_create, name="webhook_create"),
+    path("webhooks/<int:pk>/", webhooks.webhook_detail, name="webhook_detail"),
+    path("webhooks/<int:pk>/edit/", webhooks.webhook_edit, name="webhook_edit"),
+    path("webhooks/<int:pk>/rotate/", webhooks.webhook_rotate, name="webhook_rotate"),
+    path("webhooks/<int:pk>/delete/", webhooks.webhook_delete, name="webhook_delete"),
+    path("webhooks/<int:pk>/deliveries/<int:delivery_pk>/retry/", webhooks.webhook_retry, name="webhook_retry"),
 ]
 
 static_patterns = [

@@ -8,6 +8,7 @@ from rest_framework.routers import SimpleRouter
 from connector.api import (
     schema,  # noqa: F401  (registers the OpenAPI extensions)
     views,
+    webhooks,
 )
 
 app_name = "api"
@@ -22,6 +23,7 @@ router.register("stores", views.StoreViewSet, basename="store")
 router.register("pos", views.PosViewSet, basename="pos")
 router.register("applications", views.ApplicationViewSet, basename="application")
 router.register("devices", views.DeviceViewSet, basename="device")
+router.register("webhook-endpoints", webhooks.WebhookEndpointViewSet, basename="webhook-endpoint")
 session_router = SimpleRouter()
 session_router.register("sessions", views.DeviceSessionViewSet, basename="session")
 

@@ -32,6 +32,7 @@ NAV = [
     ("applications", "Applications", "portal:application_list", Level.MERCHANT_AGGREGATOR),
     ("devices", "Devices", "portal:device_list", Level.MERCHANT),
     ("cloud_connector", "Cloud Connector", "portal:cloud_connector", Level.MERCHANT),
+    ("webhooks", "Webhooks", "portal:webhook_list", Level.MERCHANT),
 ]
 
 

@@ -37,10 +37,12 @@ from accounts.models import (
 from accounts.permissions import WRITE_LEVEL, Kind, activation_kind
 from accounts.scope import SYSTEM, Level, Principal
 from connector import services as connector_services
+from connector import webhook_endpoints
 from connector.api import views as api_views
+from connector.api import webhooks as api_webhooks
 from connector.api.permissions import ProvisioningAccess
 from connector.api.urls import router, session_router
-from connector.models import Activation, Device, DeviceSession, Subscription
+from connector.models import Activation, Device, DeviceSession, Subscription, WebhookEndpoint
 from portal.views import base as portal_base
 from tests.factories import (
     DeviceFactory,
@@ -110,6 +112,16 @@ def tree() -> Tree:
     )
 
 
+def webhook_endpoint(t: Tree) -> WebhookEndpoint:
+    """An endpoint of the branch's merchant, made the first time a test needs one."""
+    endpoint, _ = WebhookEndpoint.objects.get_or_create(
+        tenant=t.tenant,
+        merchant=t.merchant,
+        defaults={"url": "https://hooks.example.com/cc", "events": ["device.online"], "secret": "whsec_test"},
+    )
+    return endpoint
+
+
 # --- the services ---------------------------------------------------------------------------
 
 # One service call that writes each kind.
@@ -143,6 +155,9 @@ SERVICE_WRITES: dict[Kind, Callable[[Tree, Principal], object]] = {
     Kind.MERCHANT_AGGREGATOR_ACTIVATION: lambda t, actor: connector_services.service_activate(obj=t.ma, actor=actor),
     Kind.MERCHANT_ACTIVATION: lambda t, actor: connector_services.service_activate(obj=t.merchant, actor=actor),
     Kind.DEVICE_ACTIVATION: lambda t, actor: connector_services.service_activate(obj=t.device, actor=actor),
+    Kind.WEBHOOK_ENDPOINT: lambda t, actor: webhook_endpoints.webhook_endpoint_create(
+        merchant=t.merchant, url="https://hooks.example.com/new", events=["device.offline"], actor=actor
+    ),
 }
 
 
@@ -196,6 +211,10 @@ API_WRITES: dict[tuple[type, str], Kind] = {
         for action in ("cloud_connector", "cloud_connector_deactivate")
     },
     (api_views.DeviceSessionViewSet, "destroy"): Kind.DEVICE_SESSION,
+    **{
+        (api_webhooks.WebhookEndpointViewSet, action): Kind.WEBHOOK_ENDPOINT
+        for action in ("create", "update", "partial_update", "destroy", "rotate_secret", "retry")
+    },
 }
 
 
@@ -265,6 +284,10 @@ PORTAL_WRITES = [
     PortalWrite("portal:device_switch", lambda t: [t.device.pk, "activate"], Kind.DEVICE_ACTIVATION),
     PortalWrite("portal:merchant_switch", lambda t: [t.merchant.pk, "activate"], Kind.MERCHANT_ACTIVATION),
     PortalWrite("portal:aggregator_switch", lambda t: [t.ma.pk, "activate"], Kind.MERCHANT_AGGREGATOR_ACTIVATION),
+    PortalWrite("portal:webhook_create", lambda t: [], Kind.WEBHOOK_ENDPOINT, Level.MERCHANT),
+    PortalWrite("portal:webhook_edit", lambda t: [webhook_endpoint(t).pk], Kind.WEBHOOK_ENDPOINT, Level.MERCHANT),
+    PortalWrite("portal:webhook_rotate", lambda t: [webhook_endpoint(t).pk], Kind.WEBHOOK_ENDPOINT, Level.MERCHANT),
+    PortalWrite("portal:webhook_delete", lambda t: [webhook_endpoint(t).pk], Kind.WEBHOOK_ENDPOINT, Level.MERCHANT),
 ]
 
 
