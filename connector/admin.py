@@ -103,6 +103,11 @@ class DeviceImportForm(forms.Form):
         self.fields["tenant"].queryset = tenants
 
 
+# Presence (v1.1 §11) is written by the relay as it happens (connector.history): shown, never
+# edited, or the admin would contradict the device's sockets.
+PRESENCE_FIELDS = ["online", "online_since", "offline_since", "last_seen_at", "disconnect_reason"]
+
+
 @admin.register(Device)
 class DeviceAdmin(ActivationPermissionMixin, ServiceModelAdmin):
     activation_level = "device"
@@ -116,6 +121,7 @@ class DeviceAdmin(ActivationPermissionMixin, ServiceModelAdmin):
         "cloud_connector_active",
         "usability",
         "online",
+        "last_seen_at",
     ]
     list_filter = [
         "tenant",
@@ -167,6 +173,7 @@ class DeviceAdmin(ActivationPermissionMixin, ServiceModelAdmin):
             "provisioned",
             "cloud_connector_active",
             "usability",
+            *PRESENCE_FIELDS,
             "sessions",
             "created_at",
         ]
@@ -174,7 +181,16 @@ class DeviceAdmin(ActivationPermissionMixin, ServiceModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return []
-        return ["tsn", "tenant", "merchant", "cloud_connector_active", "usability", "sessions", "created_at"]
+        return [
+            "tsn",
+            "tenant",
+            "merchant",
+            "cloud_connector_active",
+            "usability",
+            *PRESENCE_FIELDS,
+            "sessions",
+            "created_at",
+        ]
 
     @admin.display(description="TSN", ordering="serial")
     def tsn(self, obj):
@@ -194,6 +210,10 @@ class DeviceAdmin(ActivationPermissionMixin, ServiceModelAdmin):
     @admin.display(boolean=True, description="Online", ordering="online")
     def online(self, obj):
         return obj.online
+
+    @admin.display(description="Last disconnect reason", ordering="last_disconnect_reason")
+    def disconnect_reason(self, obj):
+        return obj.last_disconnect_reason or "–"
 
     @admin.display(description="Sessions")
     def sessions(self, obj):

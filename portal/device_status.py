@@ -1,15 +1,16 @@
-"""What the portal shows about devices: their Cloud Connector state and live session, read
-in a fixed number of queries however many devices there are."""
+"""What the portal shows about devices: their Cloud Connector state, their presence (the
+stored fields of v1.1 §11, which outlive a session), and their live session's claim, read in
+a fixed number of queries however many devices there are."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
 
 from accounts.scope import Principal
-from connector.models import Device, DeviceSession
+from connector.models import Device, DeviceConnection, DeviceSession, DisconnectReason
 from connector.selectors import LIVE, devices_in_scope
 from connector.services import Unusable, devices_with_activation, unusable_reason_from_flags
 
@@ -31,15 +32,40 @@ SHORT_REASON = {
 }
 
 
+# Why the device's last socket went away, as a sentence's end: "offline: the terminal closed
+# the connection".
+DISCONNECT_TEXT = {
+    DisconnectReason.CLOSED: "the terminal closed the connection",
+    DisconnectReason.PING_TIMEOUT: "the terminal stopped answering pings",
+    DisconnectReason.NODE_LOST: "the server process holding it stopped",
+    DisconnectReason.REPLACED: "a new connection of the terminal replaced it",
+    DisconnectReason.REVOKED: "the credentials it registered with were revoked",
+    DisconnectReason.SERVER_SHUTDOWN: "the server shut down",
+    DisconnectReason.SESSION_ENDED: "its session was ended",
+}
+
+
+def disconnect_text(reason: str) -> str:
+    """A disconnect reason for people; an unknown one as it is stored."""
+    return DISCONNECT_TEXT.get(reason, reason.replace("_", " "))
+
+
+def _latest_connection(field: str) -> Subquery:
+    latest = DeviceConnection.objects.filter(device=OuterRef("pk")).order_by("-connected_at", "-id")
+    return Subquery(latest.values(field)[:1])
+
+
 def _live_sessions() -> QuerySet[DeviceSession]:
     return DeviceSession.objects.filter(LIVE).select_related("claimed_by__pos", "claimed_by__cloud_application")
 
 
 def devices_for_portal(*, principal: Principal) -> QuerySet[Device]:
-    """Devices in scope, annotated with activation flags, their live session
-    prefetched into `live_sessions`."""
+    """Devices in scope, annotated with activation flags and the frames of their latest
+    connection (what was relayed is still shown once the session has ended), their live
+    session prefetched into `live_sessions`."""
     return (
         devices_with_activation(devices_in_scope(principal=principal))
+        .annotate(last_frames_relayed=_latest_connection("frames_relayed"))
         .prefetch_related(Prefetch("sessions", queryset=_live_sessions(), to_attr="live_sessions"))
         .order_by("store__name", "make", "serial", "pk")
     )
@@ -95,12 +121,37 @@ class DeviceState:
 
     @property
     def online(self) -> bool:
-        return self.session is not None and self.session.state == DeviceSession.State.ONLINE
+        return self.device.online
 
     @property
     def connection(self) -> str:
-        """online, offline (session kept for the grace period), registered, or none."""
-        return self.session.state if self.session else "none"
+        """online; registered (a session, no socket yet); offline (seen before, or a session
+        kept for the grace period); none (never connected)."""
+        if self.device.online:
+            return "online"
+        if self.session is not None and self.session.state == DeviceSession.State.REGISTERED:
+            return "registered"
+        if self.device.offline_since is not None or self.session is not None:
+            return "offline"
+        return "none"
+
+    @property
+    def online_since(self) -> datetime | None:
+        return self.device.online_since
+
+    @property
+    def offline_since(self) -> datetime | None:
+        return self.device.offline_since
+
+    @property
+    def last_seen_at(self) -> datetime | None:
+        return self.device.last_seen_at
+
+    @property
+    def disconnect_reason(self) -> str:
+        """Why the last device socket went away, for people; "" if it never did."""
+        reason = self.device.last_disconnect_reason
+        return disconnect_text(reason) if reason else ""
 
     @property
     def claimed(self) -> bool:
@@ -115,16 +166,11 @@ class DeviceState:
         return self.session.claimed_at if self.claimed else None
 
     @property
-    def last_seen_at(self) -> datetime | None:
-        return self.session.last_seen_at if self.session else None
-
-    @property
-    def online_at(self) -> datetime | None:
-        return self.session.online_at if self.session else None
-
-    @property
     def frames_relayed(self) -> int:
-        return self.session.frames_relayed if self.session else 0
+        """The live session's frames, else those of the device's latest connection."""
+        if self.session is not None:
+            return self.session.frames_relayed
+        return getattr(self.device, "last_frames_relayed", None) or 0
 
 
 def device_state(device: Device) -> DeviceState:

@@ -22,7 +22,8 @@ from accounts.scope import (
     tenants_in_scope,
 )
 from connector.api.permissions import principal_of
-from connector.models import CLOUD_CONNECTOR, DeviceSession, identifier_validator
+from connector.models import CLOUD_CONNECTOR, DeviceSession, DisconnectReason, identifier_validator
+from connector.protocol import timestamp
 from connector.services import Unusable, unusable_reason_from_flags
 
 # The largest id a 64-bit primary key can hold; larger numbers are refused as input
@@ -92,6 +93,38 @@ class StrictBooleanField(serializers.BooleanField):
         if not isinstance(data, bool):
             self.fail("invalid", input=data)
         return data
+
+
+@extend_schema_field({"type": "string", "format": "date-time", "example": "2026-12-02T17:06:23.123Z"})
+class TimestampField(serializers.Field):
+    """A time as v1.1 writes it everywhere (RFC 3339, UTC, milliseconds), or null: the same
+    text the listener's events carry, so that a client compares them without parsing twice."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs["read_only"] = True
+        kwargs.setdefault("allow_null", True)
+        super().__init__(**kwargs)
+
+    def to_representation(self, value) -> str | None:
+        return timestamp(value)
+
+
+@extend_schema_field({"type": "string", "nullable": True})
+class BlankAsNullField(serializers.CharField):
+    """A name stored blank when there is none, shown as null: a client tests for null, not for
+    an empty string that could be mistaken for a name."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs["read_only"] = True
+        super().__init__(**kwargs)
+
+    def to_representation(self, value) -> str | None:
+        return value or None
+
+
+@extend_schema_field(serializers.ChoiceField(choices=DisconnectReason.choices, allow_null=True))
+class DisconnectReasonField(BlankAsNullField):
+    """Why a device's socket went away (v1.1 §11), or null."""
 
 
 def _name_field() -> serializers.CharField:
@@ -260,7 +293,16 @@ class DeviceSerializer(ParentFixedMixin, serializers.Serializer):
     cloud_connector_active = serializers.BooleanField(
         read_only=True, source="device_active", help_text="Cloud Connector is activated for the device itself."
     )
-    online = serializers.BooleanField(read_only=True, help_text="The device has a live session that is online.")
+    online = serializers.BooleanField(read_only=True, help_text="At least one device socket is connected now.")
+    online_since = TimestampField(help_text="When the current online period began; null while offline.")
+    offline_since = TimestampField(help_text="When the device last went offline; null while online or never seen.")
+    last_seen_at = TimestampField(
+        help_text="The last frame or pong received from any of the device's sockets; while online it is never "
+        "more than 30 s old. Null if never seen."
+    )
+    last_disconnect_reason = DisconnectReasonField(
+        help_text="Why the last device socket went away; null if never disconnected."
+    )
     cloud_connector_usable = serializers.BooleanField(
         read_only=True,
         source="usable",

@@ -30,6 +30,7 @@ from connector import selectors
 from connector import services as connector
 from connector.api import filters
 from connector.api import serializers as s
+from connector.api.history import ConnectionHistoryMixin
 from connector.api.parsers import StrictJSONParser
 from connector.api.permissions import ProvisioningAccess, principal_of
 from connector.api.schema import ErrorDetailSerializer, errors
@@ -397,8 +398,9 @@ class ApplicationViewSet(ReadMixin, WriteMixin, RotateSecretMixin, ScopedViewSet
 
 @crud_schema(s.DeviceSerializer, "device", write_description=SERIAL_RULE, write_responses={429: SERIAL_RATE_LIMITED})
 @extend_schema(tags=["devices"])
-class DeviceViewSet(ReadMixin, WriteMixin, ActivationMixin, ScopedViewSet):
-    """Payment terminals. PATCH `{"enabled": false}` disables one and ends its live session."""
+class DeviceViewSet(ReadMixin, WriteMixin, ActivationMixin, ConnectionHistoryMixin, ScopedViewSet):
+    """Payment terminals. PATCH `{"enabled": false}` disables one and ends its live session;
+    `connections/` is its connection history."""
 
     activation_target = "device"
 

@@ -1,5 +1,5 @@
-"""Devices: their state at a glance (polled live), activation, ending a session, and the
-terminal configuration block."""
+"""Devices: their state at a glance (polled live), their timeline, activation, ending a
+session, and the terminal configuration block."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from django.shortcuts import redirect, render
 from accounts.errors import Conflict
 from accounts.permissions import Kind
 from accounts.scope import Level, cloud_applications_in_scope, pos_in_scope, stores_in_scope
+from connector.conf import connector_settings
 from connector.selectors import LIVE, device_sessions_in_scope
 from connector.services import device_session_end
 from portal.device_status import device_state, devices_filtered, devices_for_portal
+from portal.device_timeline import TIMELINE_LIMIT, device_timeline
 from portal.forms import DeviceFilterForm, TerminalConfigForm
 from portal.terminal_config import terminal_config
 from portal.views.activation import switch
@@ -86,8 +88,25 @@ def device_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "chosen": chosen,
         "chosen_is_pos": chosen is not None and chosen._meta.model_name == "pos",
         "config": config,
+        **_timeline_context(device),
     }
     return render(request, "portal/device_detail.html", context)
+
+
+def _timeline_context(device) -> dict:
+    return {
+        "device": device,
+        "timeline": device_timeline(device=device),
+        "timeline_limit": TIMELINE_LIMIT,
+        "history_days": connector_settings.HISTORY_DAYS,
+    }
+
+
+@portal_view
+def device_timeline_fragment(request: HttpRequest, pk: int) -> HttpResponse:
+    """The timeline alone, for the device page to poll (less often than the state: it is
+    longer, and a fact shows in the state at once)."""
+    return render(request, "portal/_device_timeline.html", _timeline_context(_device(request, pk)))
 
 
 @portal_view

@@ -14,7 +14,6 @@ from accounts.scope import (
     stores_in_scope,
     tenants_in_scope,
 )
-from connector.models import DeviceSession
 from connector.services import tenant_is_subscribed, with_cloud_connector_active
 from portal.device_status import devices_for_portal
 from portal.views.base import portal_view, principal_of
@@ -33,7 +32,7 @@ def home(request: HttpRequest) -> HttpResponse:
         "pos_count": pos_in_scope(principal=principal).count(),
         "device_count": devices.count(),
         "active_count": devices.filter(usable=True).count(),
-        "online_count": devices.filter(sessions__state=DeviceSession.State.ONLINE).distinct().count(),
+        "online_count": devices.filter(online=True).count(),
         "application_count": cloud_applications_in_scope(principal=principal).count(),
     }
     tenant = tenants_in_scope(principal=principal).first() if principal.tenant_id else None

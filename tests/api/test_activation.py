@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from accounts.models import AuditEntry
-from connector.models import DeviceSession
+from connector.models import Device, DeviceSession
 from connector.services import Unusable, device_unusable_reason
 from tests.api.conftest import API, make_session
 from tests.world import World
@@ -134,6 +134,7 @@ def test_the_unusable_reason_of_the_api_agrees_with_the_service_in_every_state(w
 
 def test_disabling_a_device_ends_its_live_session(world: World, provisioning):
     session = make_session(world.device)
+    Device.objects.filter(pk=world.device.pk).update(online=True)  # what the relay writes with it
     assert device_view(provisioning, world.device)["online"] is True
     provisioning.patch(f"{API}/devices/{world.device.pk}/", {"enabled": False}, format="json")
     session.refresh_from_db()

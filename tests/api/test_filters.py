@@ -8,6 +8,7 @@ from django.test.utils import CaptureQueriesContext
 
 from accounts.scope import SYSTEM
 from connector import services as connector_services
+from connector.models import Device
 from tests.api.conftest import API, make_session
 from tests.factories import DeviceFactory, make_cloud_application, make_pos
 from tests.world import World
@@ -47,6 +48,7 @@ def test_devices_by_merchant_store_make_and_state(world: World, provisioning):
     verifone = DeviceFactory(store=world.sibling_store, make="Verifone", model="V400m", serial="V1", enabled=False)
     connector_services.service_activate(obj=world.other_device, actor=SYSTEM)
     make_session(world.sister_device)
+    Device.objects.filter(pk=world.sister_device.pk).update(online=True)  # what the relay writes with it
 
     assert ids(provisioning, "devices", merchant=world.merchant.pk) == {world.device.pk, verifone.pk}
     assert ids(provisioning, "devices", store=world.sibling_store.pk) == {verifone.pk}

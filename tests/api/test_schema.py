@@ -16,6 +16,7 @@ from django.contrib.staticfiles import finders
 
 from accounts import services as account_services
 from accounts.scope import SYSTEM
+from connector.models import WebhookEndpoint
 from tests.api.conftest import make_session
 from tests.factories import DeviceFactory, StoreFactory, make_cloud_application, make_pos
 from tests.live import ROOT, LiveServer
@@ -147,6 +148,7 @@ def schemathesis_config(ids: dict[str, int | str]) -> str:
         ("applications", "application"),
         ("devices", "device"),
         ("sessions", "session"),
+        ("webhook-endpoints", "webhook_endpoint"),
     ):
         lines.append(
             "[[operations]]\n"
@@ -191,6 +193,13 @@ def test_the_running_api_conforms_to_its_schema_under_schemathesis(live: LiveSer
         "application": make_cloud_application(merchant_aggregator=store.merchant.merchant_aggregator).pk,
         "device": device.pk,
         "session": make_session(device).pk,
+        "webhook_endpoint": WebhookEndpoint.objects.create(
+            tenant=tenant,
+            merchant_aggregator=store.merchant.merchant_aggregator,
+            url="https://hooks.example.com/cc",
+            events=["device.online"],
+            secret="whsec_fuzz",
+        ).pk,
     }
     (tmp_path / "schemathesis.toml").write_text(schemathesis_config(ids))
     token = provisioning_token_over_http(
@@ -233,4 +242,5 @@ def test_the_running_api_conforms_to_its_schema_under_schemathesis(live: LiveSer
     output = result.stdout + result.stderr
     print(output[-20_000:])  # shown with -s, or on failure
     assert result.returncode == 0, output[-20_000:] + "\n--- server log ---\n" + live.log()[-5_000:]
-    assert "51 passed" in output, output[-5_000:]
+    # Every operation of the schema: 51 of v1, 10 of v1.1 (webhook endpoints, connections).
+    assert "61 passed" in output, output[-5_000:]

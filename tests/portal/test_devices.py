@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from accounts.scope import SYSTEM, principal_for_user
 from connector import services as connector_services
-from connector.models import DeviceSession
+from connector.models import Device, DeviceSession
 from connector.services import Unusable
 from portal.device_status import REASON_TEXT, devices_for_portal
 from tests.factories import DeviceFactory, make_pos, make_usable_device
@@ -24,10 +24,15 @@ pytestmark = pytest.mark.django_db
 
 
 def session_for(device, state=DeviceSession.State.ONLINE, **fields) -> DeviceSession:
+    """A session in `state`; an online one also makes the device online, as the relay's
+    presence transition does (connector.history.went_online)."""
     now = timezone.now()
     defaults = {"jwt_expires_at": now + timedelta(minutes=5)}
     if state == DeviceSession.State.ONLINE:
         defaults.update(online_at=now - timedelta(minutes=3), last_seen_at=now)
+        Device.objects.filter(pk=device.pk).update(
+            online=True, online_since=defaults["online_at"], offline_since=None, last_seen_at=now
+        )
     defaults.update(fields)
     return DeviceSession.objects.create(id=f"sess-{device.pk}-{state}", device=device, state=state, **defaults)
 
@@ -284,6 +289,7 @@ def test_the_state_fragment_reflects_the_session_now(world):
     assert 'data-connection="online"' in client.get(url).content.decode()
     session.state = DeviceSession.State.OFFLINE
     session.save()
+    Device.objects.filter(pk=world.device.pk).update(online=False, online_since=None, offline_since=timezone.now())
     assert 'data-connection="offline"' in client.get(url).content.decode()
 
 
