@@ -453,6 +453,7 @@ cc_environment = {
     "ADMISSION_MIN_PENDING": env_int,
     "ADMISSION_MAX_WAIT": env_int,
     "HISTORY_DAYS": env_int,
+    "LAST_SEEN_INTERVAL": env_int,
     "WEBHOOK_TIMEOUT": env_int,
     "WEBHOOK_RETRY_HOURS": env_int,
     "WEBHOOK_ALLOW_PRIVATE": env_bool,
