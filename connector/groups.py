@@ -9,7 +9,9 @@ socket (see connector.relay).
 - `listener_group(application_id)`: the pos-listener sockets of a credential (the events
   of §5 for the sessions it claims).
 - `presence_group_store(store_id)`, `presence_group_ma(ma_id)`: the pos-listener sockets
-  subscribed to presence (v1.1 §12) whose scope is that store or merchant aggregator.
+  subscribed to presence (v1.1 §12) whose scope is that store or merchant aggregator;
+  `presence_group_merchant(merchant_id)`: the portal's open device pages of a merchant's users
+  (an MA's users' pages join the MA's group).
 
 Revocations go to a credential's two groups (connector.events): `credential.revoked` closes
 them all; `token.revoked` names the token's checksum and closes the sockets that
@@ -62,10 +64,16 @@ def presence_group_ma(ma_id: int) -> str:
     return f"cc.presence.ma.{ma_id}"
 
 
-def presence_groups(*, store_id: int, ma_id: int) -> tuple[str, str]:
-    """The groups of the listeners subscribed to a device's presence (§12 `subscribe`): a
-    store POS's scope is its store, a Cloud API application's its merchant aggregator."""
-    return presence_group_store(store_id), presence_group_ma(ma_id)
+def presence_group_merchant(merchant_id: int) -> str:
+    return f"cc.presence.merchant.{merchant_id}"
+
+
+def presence_groups(*, store_id: int, merchant_id: int, ma_id: int) -> tuple[str, str, str]:
+    """The groups that hear of a device's presence: the listeners subscribed to it (§12
+    `subscribe`: a store POS's scope is its store, a Cloud API application's its merchant
+    aggregator) and the portal's open device pages (a merchant's users: its merchant; an MA's:
+    its merchant aggregator)."""
+    return presence_group_store(store_id), presence_group_merchant(merchant_id), presence_group_ma(ma_id)
 
 
 class Channel(str):

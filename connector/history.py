@@ -85,6 +85,7 @@ class Recorded:
     occurred_at: datetime
     tsn: str
     store_id: int
+    merchant_id: int
     merchant_aggregator_id: int
     data: dict[str, Any]
 
@@ -181,6 +182,7 @@ def record(facts: Sequence[Fact], *, now: datetime, presence: dict[str, Any] | N
                 occurred_at=now,
                 tsn=device.tsn,
                 store_id=device.store_id,
+                merchant_id=device.merchant_id,
                 merchant_aggregator_id=device.merchant_aggregator_id,
                 data=data,
             )
@@ -316,7 +318,11 @@ def listener_messages(
     if holder is not None:
         targets.append(groups.listener_group(holder))
     if presence:
-        targets.extend(groups.presence_groups(store_id=recorded.store_id, ma_id=recorded.merchant_aggregator_id))
+        targets.extend(
+            groups.presence_groups(
+                store_id=recorded.store_id, merchant_id=recorded.merchant_id, ma_id=recorded.merchant_aggregator_id
+            )
+        )
     return [(target, message) for target in targets]
 
 

@@ -71,6 +71,8 @@ class Device(models.Model):
     serial = models.CharField(max_length=60, validators=[identifier_validator])
     provisioned = models.BooleanField(default=True)
     enabled = models.BooleanField(default=True)
+    # v1.1 §15: the device registers only with an enrolled client certificate (mTLS).
+    require_mtls = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     # Presence (v1.1 §11), written with the session facts that change it and kept when the
     # session ends (connector.presence). `last_seen_at` is coalesced: written by the node's
@@ -182,6 +184,12 @@ class DeviceSession(models.Model):
     # (connector.events), so that a leaked secret cannot keep a terminal it registered.
     registered_by = models.BigIntegerField(null=True, blank=True)
     registered_token = models.CharField(max_length=64, blank=True)
+    # The SHA-256 fingerprint of the client certificate the session last registered with
+    # (v1.1 §15; blank: registered with a credential). Removing that certificate ends it.
+    registered_fingerprint = models.CharField(max_length=64, blank=True)
+    # The terminal's own WebSocket server on the shop's network, from its registration (v1.1
+    # §14), told to the POS in `claim` and `devices` for the local-network fallback.
+    local_url = models.CharField(max_length=2048, blank=True)
     frames_relayed = models.BigIntegerField(default=0)
     frames_dropped = models.BigIntegerField(default=0)
     node = models.CharField(max_length=100, blank=True, help_text="Process holding the device sockets")
@@ -450,3 +458,23 @@ class WebhookAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.delivery_id} at {self.attempted_at:%H:%M:%S}: {self.response_code or self.error}"
+
+
+class DeviceCertificate(models.Model):
+    """A client certificate enrolled for a device (v1.1 §15): a registration presenting it,
+    verified by the TLS proxy against the operator's device CA, registers that device without
+    credentials. Identified by its SHA-256 fingerprint (hex, lower case), unique across the
+    deployment: one certificate is one device's identity."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="certificates")
+    fingerprint_sha256 = models.CharField(max_length=64, unique=True)
+    subject = models.CharField(max_length=500)
+    not_after = models.DateTimeField()
+    pem = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.subject} ({self.fingerprint_sha256[:16]}…)"
