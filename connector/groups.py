@@ -93,17 +93,23 @@ async def _send(layer: Any, target: str, message: dict) -> None:
 
 def send_now(group: str, message: dict) -> None:
     """Send `message` to a group (or a `Channel`) now, or keep it for the caller's `deliver`."""
+    send_all_now([(group, message)])
+
+
+def send_all_now(events: list[tuple[str, dict]]) -> None:
+    """Several (group or Channel, message) events now, in order, in one trip to the event
+    loop; or kept for the caller's `deliver` when it collects (see `collecting`)."""
     outbox = getattr(_collecting, "outbox", None)
     if outbox is not None:
-        outbox.append((group, message))
+        outbox.extend(events)
         return
     layer = get_channel_layer()
     if layer is None:
         return
     try:
-        async_to_sync(_send)(layer, group, message)
+        async_to_sync(deliver)(events)
     except Exception:  # noqa: BLE001 - a committed change must not fail because a layer hiccuped
-        logger.exception("could not deliver %s to %s", message.get("type"), group)
+        logger.exception("could not deliver %d events", len(events))
 
 
 def send_after_commit(group: str | tuple[str, ...], message: dict) -> None:
@@ -217,18 +223,4 @@ def send_all_after_commit(events: list[tuple[str, dict]]) -> None:
     otherwise wait for the channel layer once per event)."""
     if not events:
         return
-
-    def send() -> None:
-        outbox = getattr(_collecting, "outbox", None)
-        if outbox is not None:
-            outbox.extend(events)
-            return
-        layer = get_channel_layer()
-        if layer is None:
-            return
-        try:
-            async_to_sync(deliver)(events)
-        except Exception:  # noqa: BLE001 - a committed change must not fail because a layer hiccuped
-            logger.exception("could not deliver %d events", len(events))
-
-    transaction.on_commit(send)
+    transaction.on_commit(lambda: send_all_now(events))

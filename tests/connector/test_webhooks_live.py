@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from websockets.asyncio.client import connect
 
 from connector.models import WebhookDelivery
 from tests.connector.test_relay_e2e import Terminal, claimed, control, device_sockets, register
-from tests.connector.test_webhook_worker import start_worker, stop
+from tests.connector.test_webhook_worker import eventually, start_worker, stop
 from tests.connector.webhook_receiver import running_receiver
 from tests.factories import make_access_token, make_provisioning_client
 from tests.live import run_bounded, start_server
@@ -28,15 +27,6 @@ pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 # DEBUG: the receiver is plain http:// on a loopback address (refused in production, §16).
 SERVER_ENV = {"DEBUG": "1", "CC_WEBHOOK_TIMEOUT": "5"}
 WAIT = 40.0  # seconds: a first retry comes within 10 s (full jitter), the rest is slack
-
-
-def wait_until(check, timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture
@@ -89,8 +79,8 @@ def test_facts_reach_the_back_office_signed_retried_and_logged(server, tmp_path:
 
         try:
             run_bounded(scenario(), timeout=60)
-            assert wait_until(lambda: len({r.json["id"] for r in receiver.requests}) >= 4), receiver.ids()
-            assert wait_until(lambda: WebhookDelivery.objects.filter(status="delivered").count() == 4), list(
+            assert eventually(lambda: len({r.json["id"] for r in receiver.requests}) >= 4, WAIT), receiver.ids()
+            assert eventually(lambda: WebhookDelivery.objects.filter(status="delivered").count() == 4, WAIT), list(
                 WebhookDelivery.objects.values_list("status", "attempts")
             )
         finally:
@@ -130,6 +120,6 @@ def test_facts_reach_the_back_office_signed_retried_and_logged(server, tmp_path:
                 f"{server.http_url}/api/v1/webhook-endpoints/{endpoint}/deliveries/{retried['id']}/retry/", timeout=30
             )
             assert again.status_code == 202, again.text
-            assert wait_until(lambda: receiver.ids().count(first) == 3), receiver.ids()
+            assert eventually(lambda: receiver.ids().count(first) == 3, WAIT), receiver.ids()
         finally:
             assert stop(worker) == 0
