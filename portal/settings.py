@@ -8,6 +8,7 @@ Production is DEBUG off; it refuses to start without a real SECRET_KEY.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import secrets
@@ -53,6 +54,20 @@ def env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be an integer, not {value!r}") from None
+
+
+def env_float(name: str, default: float) -> float:
+    """A number of seconds (or hours) that may have a fraction: `0.5`."""
+    value = env_str(name)
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, not {value!r}") from None
+    if not math.isfinite(number) or number < 0:
+        raise ImproperlyConfigured(f"{name} must be a finite number of at least 0, not {value!r}")
+    return number
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
@@ -430,7 +445,7 @@ cc_environment = {
     "JWT_LIFETIME": env_int,
     "GRACE_PERIOD": env_int,
     "ENDED_RETENTION": env_int,
-    "REGISTRATION_TIMEOUT": env_int,
+    "REGISTRATION_TIMEOUT": env_float,
     "MAX_MESSAGE_SIZE": env_int,
     "PING_INTERVAL": env_int,
     "PING_TIMEOUT": env_int,
@@ -441,22 +456,25 @@ cc_environment = {
     "VERIFIED_REGISTRATION_TTL": env_int,
     "SERIAL_REFUSAL_LIMIT": env_int,
     "SERIAL_REFUSAL_WINDOW": env_int,
-    "COUNTER_FLUSH_INTERVAL": env_int,
+    "COUNTER_FLUSH_INTERVAL": env_float,
     "SSL_PROFILE": env_str,
     "PUBLIC_WS_URL": env_str,
-    "SWEEP_INTERVAL": env_int,
+    "SWEEP_INTERVAL": env_float,
     "NODE_TIMEOUT": env_int,
     "SHUTDOWN_GRACE": env_int,
     "MAX_SOCKET_BUFFER": env_int,
     "MAX_LISTENERS_PER_CREDENTIAL": env_int,
     "MAX_SESSION_SOCKETS_PER_CREDENTIAL": env_int,
     "ADMISSION_MIN_PENDING": env_int,
-    "ADMISSION_MAX_WAIT": env_int,
+    "ADMISSION_MAX_WAIT": env_float,
     "HISTORY_DAYS": env_int,
-    "LAST_SEEN_INTERVAL": env_int,
-    "WEBHOOK_TIMEOUT": env_int,
-    "WEBHOOK_RETRY_HOURS": env_int,
+    "LAST_SEEN_INTERVAL": env_float,
+    "WEBHOOK_TIMEOUT": env_float,
+    "WEBHOOK_RETRY_HOURS": env_float,
     "WEBHOOK_ALLOW_PRIVATE": env_bool,
+    "HELD_FRAMES": env_int,
+    "HELD_BYTES": env_int,
+    "HELD_TOTAL_BYTES": env_int,
 }
 # With no default, a reader answers None for a variable that is not set (or set empty, for
 # a number or a list): that key is left out, and the app's default holds.
@@ -500,6 +518,9 @@ def env_seconds(name: str, default: float) -> float:
 # /metrics answers these addresses only (REMOTE_ADDR: the TCP peer, or the client's address that
 # uvicorn took from a proxy in FORWARDED_ALLOW_IPS; a request that came through a proxy is refused
 # anyway), and, when METRICS_TOKEN is set, with `Authorization: Bearer <METRICS_TOKEN>`.
+# Proxies whose X-Forwarded-For/-Proto and client-certificate headers (v1.1 §15) are believed;
+# from any other peer they are ignored (portal.proxies, the outermost layer of portal.asgi).
+FORWARDED_ALLOW_IPS = env_list("FORWARDED_ALLOW_IPS", ["127.0.0.1"])
 METRICS_ALLOWED_ADDRESSES = metrics_addresses(env_list("METRICS_ALLOWED_ADDRESSES", ["127.0.0.0/8", "::1/128"]))
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 if (
@@ -544,7 +565,11 @@ LOGGING = {
         # off: its records go to the root handler like every other's, once and in our format.
         "django": {"handlers": [], "level": "INFO"},
         "django.request": {"filters": ["quiet_probes"]},
-        "django.channels.server": {"level": "WARNING"},
+        # `runserver` (daphne's) logs an access line for each response, at WARNING for a 4xx and
+        # ERROR for a 5xx: the very responses django.request reports already, with the request
+        # id and the traceback. Both reached the console, so every such line came twice; only
+        # django.request's stays. (Production's access log is uvicorn's, below.)
+        "django.channels.server": {"handlers": [], "level": "CRITICAL", "propagate": False},
         # uvicorn's own lines (its errors and access log) in the same format as the rest: it
         # configured its loggers before Django did, and these replace its handlers.
         "uvicorn": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from django.db import connection
 
@@ -92,16 +93,28 @@ def production_worker_command(port: int) -> list[str]:
     return worker_command("127.0.0.1", port)
 
 
-def start_server(tmp_dir: Path, *, server: str = "daphne", port: int | None = None, **env_overrides: str) -> LiveServer:
+def start_server(
+    tmp_dir: Path,
+    *,
+    server: str = "daphne",
+    port: int | None = None,
+    daphne_args: list[str] | None = None,
+    **env_overrides: str,
+) -> LiveServer:
     """A server process on `port` (a free one by default) and the test database; its output
     appended to `server-<port>.log` in `tmp_dir` (a server started again on the same port
-    writes after the first)."""
+    writes after the first). `daphne_args` go on daphne's command line before the
+    application (`["--ping-interval", "1"]`: daphne reads its keepalive only from there)."""
     port = port or free_port()
     log_path = tmp_dir / f"server-{port}.log"
     if server == "uvicorn":
-        cmd = production_worker_command(port)
+        # The uvicorn command takes its keepalive flags from CC_PING_INTERVAL/CC_PING_TIMEOUT:
+        # read with the overrides in force, as `make serve` would with them set.
+        with mock.patch.dict(os.environ, env_overrides):
+            cmd = production_worker_command(port)
     else:
-        cmd = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"]
+        cmd = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), *(daphne_args or [])]
+        cmd.append("portal.asgi:application")
     log = log_path.open("ab")
     process = subprocess.Popen(cmd, cwd=ROOT, env=server_env(**env_overrides), stdout=log, stderr=subprocess.STDOUT)
     live = LiveServer(process=process, port=port, log_path=log_path)

@@ -43,6 +43,8 @@ print(json.dumps({
     "SECURE_PROXY_SSL_HEADER": s.SECURE_PROXY_SSL_HEADER,
     "JWT_LIFETIME": cc.JWT_LIFETIME,
     "JWT_KEYS": cc.JWT_KEYS,
+    "SWEEP_INTERVAL": cc.SWEEP_INTERVAL,
+    "WEBHOOK_RETRY_HOURS": cc.WEBHOOK_RETRY_HOURS,
     "EMAIL_BACKEND": s.EMAIL_BACKEND,
     "THROTTLE_RATES": s.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
     "MIDDLEWARE": s.MIDDLEWARE,
@@ -169,6 +171,13 @@ def test_a_bad_debug_value_is_a_clear_error():
 
 def test_a_bad_integer_is_a_clear_error():
     assert refusal(CC_JWT_LIFETIME="soon").endswith("CC_JWT_LIFETIME must be an integer, not 'soon'")
+
+
+def test_durations_may_have_a_fraction_and_nonsense_is_a_clear_error():
+    settings = configured(CC_SWEEP_INTERVAL="0.5", CC_WEBHOOK_RETRY_HOURS="24.5")
+    assert (settings["SWEEP_INTERVAL"], settings["WEBHOOK_RETRY_HOURS"]) == (0.5, 24.5)
+    assert refusal(CC_SWEEP_INTERVAL="soon").endswith("CC_SWEEP_INTERVAL must be a number, not 'soon'")
+    assert "CC_LAST_SEEN_INTERVAL must be a finite number of at least 0" in refusal(CC_LAST_SEEN_INTERVAL="nan")
 
 
 # --- production refuses what only suits development (issue 10, item 13) ----------------------

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from autobahn.exception import Disconnected as AutobahnDisconnected
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -146,9 +147,10 @@ class BaseConsumer(AsyncWebsocketConsumer):
             message = await self.channel_receive()
             try:
                 await self.dispatch(message)
-            except OSError:
+            except (OSError, AutobahnDisconnected):
                 # The client went away while an event was being sent to it (uvicorn's
-                # ClientDisconnected): its disconnect follows in the socket's own task.
+                # ClientDisconnected; under daphne, autobahn's Disconnected once the client's
+                # close frame has come): its disconnect follows in the socket's own task.
                 logger.debug("socket %s: gone before %s could be sent", self.channel_name, message.get("type"))
             except Exception:
                 # As a crash in the socket's own handler would: the socket closes (1011) and
