@@ -142,7 +142,9 @@ async def _round(label: str, demo: Demo, tsns: list[str], window: float, log_pat
         await asyncio.sleep(window)
         elapsed = time.perf_counter() - started
         worker_cpu = cpu_seconds(worker.process.pid) - worker_before
-        database_after = backends_cpu(pids)
+        # Backends that opened during the window count whole (they began inside it).
+        database_after = backends_cpu(sorted(set(pids) | set(database_backends())))
+        database_before.update({pid: 0.0 for pid in database_after if pid not in database_before})
         database_cpu = sum(
             database_after[pid] - database_before[pid] for pid in database_after if pid in database_before
         )
@@ -159,6 +161,9 @@ def presence(demo: Demo, tsns: Tsns, terminals: int, window: float) -> PresenceR
     """Both rounds on the same `terminals` terminals of `tsns` (the second after the first's
     worker stopped: its devices are offline by then)."""
     raise_fd_limit()
+    # The workers' database connections stay open through the window, so that their backends'
+    # CPU is read from start to end (a connection closed inside it would take its CPU along).
+    os.environ["DB_CONN_MAX_AGE"] = "3600"
     chosen = tsns.take(terminals)
     rounds = {}
     with tempfile.TemporaryDirectory(prefix="presence-") as tmp:

@@ -32,6 +32,7 @@ whose sockets sent a frame or a pong meanwhile.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -254,14 +255,26 @@ def replaced(*, device_id: int, session_id: str, endpoint: str, now: datetime) -
 def claim_changed(
     *, device_id: int, session_id: str, fact_type: str, data: dict, holder_label: str, now: datetime
 ) -> Recorded | None:
-    """A claim was taken, taken over or released: the event, and the open online period's
-    `claimed_by` (the last holder's name stays on a period that closes)."""
+    """A claim was taken, taken over or released: the event, the open online period's
+    `claimed_by` (the last holder's name stays on a period that closes), and, after the
+    commit, a word to the portal's open device pages of the device's merchant (its
+    merchant's group only: the store and MA groups are the §12 listeners', who hear presence,
+    not claims)."""
     recorded = record([Fact(device_id=device_id, type=fact_type, session_id=session_id, data=data)], now=now)
     if holder_label:
         DeviceConnection.objects.filter(session_id=session_id, disconnected_at__isnull=True).update(
             claimed_by=holder_label
         )
-    return recorded[0] if recorded else None
+    if not recorded:
+        return None
+    event = recorded[0]
+    groups.send_after_commit(
+        groups.presence_group_merchant(event.merchant_id),
+        groups.pos_event_message(
+            event=fact_type.replace(".", "_"), session_id=session_id, tsn=event.tsn, **event.envelope()
+        ),
+    )
+    return event
 
 
 def holder_name(application_id: int | None) -> str:
@@ -297,10 +310,24 @@ def frames_add(deltas: dict[str, tuple[int, int]]) -> None:
 
 def seen_write(*, device_ids: Sequence[int], now: datetime) -> int:
     """`last_seen_at` = now for online devices whose sockets sent a frame or a pong since the
-    last write (one statement for all of them)."""
+    last write: one statement for all of them, the ids sent as one parameter (an array on
+    PostgreSQL, a JSON list on SQLite), since building and adapting thousands of `IN`
+    parameters cost the serving process more than the database's work."""
     if not device_ids:
         return 0
-    return Device.objects.filter(pk__in=list(device_ids), online=True).update(last_seen_at=now)
+    meta, quote = Device._meta, connection.ops.quote_name
+    column = quote(meta.get_field("last_seen_at").column)
+    if connection.vendor == "postgresql":
+        ids, wanted = list(device_ids), "= ANY(%s)"
+    else:
+        ids, wanted = json.dumps(list(device_ids)), "IN (SELECT value FROM json_each(%s))"
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {column} = %s "
+        f"WHERE {quote(meta.pk.column)} {wanted} AND {quote(meta.get_field('online').column)}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [meta.get_field("last_seen_at").get_db_prep_save(now, connection), ids])
+        return cursor.rowcount
 
 
 # --- what listeners hear --------------------------------------------------------------------------

@@ -13,10 +13,11 @@ sessions' rows (connector.relay.registry), and at every heartbeat it asks the ch
 layer whether Redis lost this process's state (connector.relay.recovery).
 
 Every `LAST_SEEN_INTERVAL` seconds (default 10) it writes `last_seen_at` for the devices
-whose sockets on this process sent a frame or a pong since the last time (each socket sets
-a flag; one UPDATE for all of them: connector.history.seen_write). Servers ping a socket
-that sent nothing for PING_INTERVAL (10 s under `make serve`, 20 s under daphne), so an
-online terminal's `last_seen_at` is at most about PING_INTERVAL + LAST_SEEN_INTERVAL old.
+whose sockets on this process sent a frame or a pong since their last write (each socket
+sets a flag; one UPDATE for all of them: connector.history.seen_write), each device at most
+every other round. Uvicorn (`make serve`) pings every socket every PING_INTERVAL (10 s), so
+an online terminal's `last_seen_at` is at most about 2 × LAST_SEEN_INTERVAL (20 s) old;
+daphne (`make run`) pings only a socket silent for 20 s, so there it may reach about 30 s.
 The same round re-enqueues webhook deliveries whose task was lost (connector.webhooks).
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -85,12 +87,21 @@ async def _housekeep() -> None:
         since_seen += flush_every
 
 
-async def write_last_seen() -> int:
-    """`last_seen_at` for the devices heard from since the last call (see the module's doc)."""
+async def write_last_seen(*, interval: float | None = None) -> int:
+    """`last_seen_at` for the devices heard from since their last write (see the module's
+    doc), each written at most every two intervals: a terminal pinged every 10 s pongs every
+    10 s, and writing it every other round halves the database's work while its
+    `last_seen_at` stays under 2 × LAST_SEEN_INTERVAL (20 s) old."""
+    interval = connector_settings.LAST_SEEN_INTERVAL if interval is None else interval
+    now = asyncio.get_running_loop().time()
+    due = now - 1.5 * interval  # written two rounds ago or earlier (rounds are `interval` apart)
     heard = []
     for sock in list(registry.sockets.values()):
         if getattr(sock, "heard", False) and getattr(sock, "device_id", None) is not None:
+            if getattr(sock, "seen_written", -math.inf) > due:
+                continue  # written last round: its flag waits for the next
             sock.heard = False
+            sock.seen_written = now
             heard.append(sock.device_id)
     if not heard:
         return 0

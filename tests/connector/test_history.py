@@ -3,6 +3,7 @@ transactions of the facts (v1.1 §11, §16), driven through the services that ma
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -220,3 +221,55 @@ def test_saving_an_edited_device_does_not_write_its_presence_back(world):
     stale.save()  # an admin form loaded before the terminal connected
     fresh = Device.objects.get(pk=world.device.pk)
     assert fresh.model == "Lane5000" and fresh.online is True and fresh.event_seq == seq > stale.event_seq
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_each_device_heard_is_written_at_most_every_other_round(world, monkeypatch):
+    """write_last_seen: a socket heard again the next round waits one round (its flag kept);
+    one not heard is not written; the database gets one statement per round."""
+    from types import SimpleNamespace
+
+    from asgiref.sync import sync_to_async
+
+    from connector.relay import housekeeping
+    from connector.relay.registry import registry
+
+    registration = await sync_to_async(register)(world)
+    await sync_to_async(attach_device)(registration)
+    clock = {"now": 1000.0}
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(loop, "time", lambda: clock["now"])
+    sock = SimpleNamespace(channel_name="seen-test!1", heard=True, device_id=world.device.pk)
+    quiet = SimpleNamespace(channel_name="seen-test!2", heard=False, device_id=world.device.pk + 1000)
+    registry.add(sock)
+    registry.add(quiet)
+    try:
+        assert await housekeeping.write_last_seen(interval=10) == 1
+        sock.heard = True
+        clock["now"] += 10
+        assert await housekeeping.write_last_seen(interval=10) == 0  # written last round
+        assert sock.heard is True
+        clock["now"] += 10
+        assert await housekeeping.write_last_seen(interval=10) == 1
+        assert sock.heard is False
+        clock["now"] += 20
+        assert await housekeeping.write_last_seen(interval=10) == 0  # nothing heard since
+    finally:
+        registry.remove(sock)
+        registry.remove(quiet)
+
+
+def test_claims_are_told_to_the_portal_pages_of_the_devices_merchant_only(world, monkeypatch):
+    told = []
+    monkeypatch.setattr(history.groups, "send_after_commit", lambda group, message: told.append((group, message)))
+    registration = register(world)
+    attach_device(registration)
+    sessions.session_claim(caller=caller_of(world.pos), tsn=world.device.tsn)
+    sessions.session_release(caller=caller_of(world.pos), session_id=registration.session_id)
+    told = [(group, message) for group, message in told if group.startswith("cc.presence.")]
+    assert [(group, message["event"]) for group, message in told] == [
+        (f"cc.presence.merchant.{world.merchant.pk}", "session_claimed"),
+        (f"cc.presence.merchant.{world.merchant.pk}", "session_released"),
+    ]
+    claimed = Event.objects.get(device=world.device, type="session.claimed")
+    assert told[0][1]["event_id"] == str(claimed.id) and told[0][1]["tsn"] == world.device.tsn
