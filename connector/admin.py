@@ -16,11 +16,12 @@ from django.utils.html import format_html
 
 # Imported for their registrations: Django's autodiscovery imports only this module.
 import connector.admin_sessions  # noqa: F401
-from accounts.admin_base import ServiceModelAdmin
+from accounts.admin_base import ServiceModelAdmin, ServiceRejected
 from accounts.errors import DomainError
 from accounts.scope import tenants_in_scope
-from connector import serial_refusals, services
+from connector import certificates, serial_refusals, services
 from connector.admin_activation import ActivationPermissionMixin
+from connector.admin_certificates import DeviceCertificateInline, certificates_save
 from connector.csv_import import COLUMNS, MAX_FILE_BYTES, MAX_ROWS, devices_import_csv
 from connector.models import Device, tsn_lower
 from connector.selectors import devices_in_scope
@@ -142,6 +143,7 @@ class DeviceAdmin(ActivationPermissionMixin, ServiceModelAdmin):
         "deactivate_cloud_connector",
     ]
     list_per_page = 100
+    inlines = [DeviceCertificateInline]
 
     def get_queryset(self, request):
         queryset = devices_in_scope(principal=self.principal(request)).select_related(
@@ -171,6 +173,7 @@ class DeviceAdmin(ActivationPermissionMixin, ServiceModelAdmin):
             "serial",
             "enabled",
             "provisioned",
+            "require_mtls",
             "cloud_connector_active",
             "usability",
             *PRESENCE_FIELDS,
@@ -234,6 +237,10 @@ class DeviceAdmin(ActivationPermissionMixin, ServiceModelAdmin):
         )
 
     def update_through_service(self, request, obj, form):
+        if "require_mtls" in form.changed_data:
+            certificates.device_require_mtls_set(
+                device=obj, require=form.cleaned_data["require_mtls"], actor=self.principal(request)
+            )
         changes = {field: form.cleaned_data[field] for field in form.changed_data if field in services.DEVICE_UPDATABLE}
         if changes:
             services.device_update(device=obj, actor=self.principal(request), **changes)
@@ -250,6 +257,19 @@ class DeviceAdmin(ActivationPermissionMixin, ServiceModelAdmin):
 
     def delete_through_service(self, request, obj):
         services.device_delete(device=obj, actor=self.principal(request))
+
+    def get_inline_instances(self, request, obj=None):
+        # Certificates are enrolled for a device that exists: not on the add form.
+        return super().get_inline_instances(request, obj) if obj is not None else []
+
+    def save_related(self, request, form, formsets, change) -> None:
+        # The certificates inline writes through its services (v1.1 §15); nothing else does.
+        for formset in formsets:
+            if formset.model is DeviceCertificateInline.model:
+                try:
+                    certificates_save(device=form.instance, formset=formset, actor=self.principal(request))
+                except DomainError as error:
+                    raise ServiceRejected(error) from error
 
     # --- bulk actions ---
 

@@ -28,15 +28,20 @@ from connector.errors import InsufficientScope, InvalidClient, InvalidToken
 
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated POS credential or Cloud API application."""
+    """An authenticated POS credential or Cloud API application, or, for a terminal's
+    registration only, the verified client certificate enrolled for it (v1.1 §15: no
+    application then, and `principal` is the device's store)."""
 
     principal: Principal
-    application_id: int
+    application_id: int | None
     client_id: str
     token_checksum: str | None = None
     # A registration with client credentials: the stored hash its secret was checked
     # against, checked again when the session is written (sessions._credential_still_holds).
     secret_hash: str | None = field(default=None, repr=False)
+    # A registration by certificate: its SHA-256 fingerprint, the identity the session keeps
+    # (DeviceSession.registered_fingerprint) and its device sockets must present again.
+    fingerprint: str = ""
 
 
 def caller_from_bearer(raw_token: str | None) -> Caller:

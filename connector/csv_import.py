@@ -11,6 +11,8 @@ The file format, as documented in the README ("Admin onboarding"):
   ignored). The merchant name must be unambiguous within the tenant chosen for the import;
   the store is looked up among that merchant's stores. Names, not ids, because the people
   preparing these files work from spreadsheets of their merchants, not from our ids.
+- An optional `certificate` column holds a device's client certificate (PEM, in a quoted
+  cell spanning lines; v1.1 §15), enrolled with the device; blank: none.
 - Blank lines are ignored. Line numbers in errors are those of the file, the header being 1.
 """
 
@@ -33,11 +35,12 @@ from accounts.models import NAME_MAX_LENGTH, Merchant, Store, Tenant
 from accounts.permissions import Kind
 from accounts.scope import Principal, merchants_in_scope, stores_in_scope, tenants_in_scope
 from accounts.services import require_authority
-from connector import serial_refusals
-from connector.models import Device
+from connector import certificates, serial_refusals
+from connector.models import Device, DeviceCertificate
 from connector.services import device_create
 
 COLUMNS = ("make", "model", "serial", "merchant", "store")
+OPTIONAL_COLUMNS = ("certificate",)
 DEVICE_COLUMNS = ("make", "model", "serial")
 MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_ROWS = 5000
@@ -75,6 +78,7 @@ class _Row:
     merchant: Merchant | None = None
     store: Store | None = None
     problems: list[str] = field(default_factory=list)
+    fingerprint: str = ""  # of the row's certificate, when it has one
 
 
 class _RowFailed(Exception):
@@ -100,6 +104,7 @@ def devices_import_csv(*, tenant: Tenant, file: IO[bytes] | bytes, actor: Princi
         return _failed([fatal])
     _resolve_places(rows, tenant=tenant, actor=actor)
     _check_serials(rows, tenant=tenant)
+    _check_certificates(rows)
     _serial_refusals_record(rows, tenant=tenant, actor=actor)
     bad = shape_errors + [RowError(row.line, "; ".join(row.problems)) for row in rows if row.problems]
     if bad:
@@ -137,9 +142,10 @@ def _parse(text: str) -> tuple[list[_Row], list[RowError], RowError | None]:
     except csv.Error as error:
         return [], [], RowError(reader.line_num, f"Unreadable CSV: {error}.")
     names = [name.strip().lower() for name in header]
-    if sorted(names) != sorted(COLUMNS):
-        found = ",".join(header)
-        return [], [], RowError(1, f"The header must name the columns {','.join(COLUMNS)}; found {found!r}.")
+    required = sorted(name for name in names if name not in OPTIONAL_COLUMNS)
+    if required != sorted(COLUMNS) or len(set(names)) != len(names):
+        message = f"The header must name the columns {','.join(COLUMNS)} (certificate optional)"
+        return [], [], RowError(1, f"{message}; found {','.join(header)!r}.")
     rows: list[_Row] = []
     shape_errors: list[RowError] = []
     while True:
@@ -182,6 +188,11 @@ def _value_problems(values: dict[str, str]) -> list[str]:
             problems.append(f"{column} is longer than {NAME_MAX_LENGTH} characters")
         elif not value.isprintable():
             problems.append(f"{column} contains control characters")
+    if values.get("certificate"):
+        try:
+            certificates.certificate_parse(values["certificate"])
+        except Invalid as error:
+            problems.append(f"certificate: {' '.join(error.errors['pem'])}")
     return problems
 
 
@@ -267,6 +278,28 @@ def _check_serials(rows: list[_Row], *, tenant: Tenant) -> None:
             row.problems.append(f"{row.values['make']} serial {row.values['serial']!r}: {serial_refusals.REFUSED}")
 
 
+def _check_certificates(rows: list[_Row]) -> None:
+    """A certificate is one device's identity: not twice in the file, not one enrolled already
+    (for any device: the answer names none, as the API's does)."""
+    first_line: dict[str, int] = {}
+    for row in rows:
+        if row.problems or not row.values.get("certificate"):
+            continue
+        row.fingerprint = certificates.certificate_parse(row.values["certificate"]).fingerprint_sha256
+        if row.fingerprint in first_line:
+            row.problems.append(f"certificate: the same as on line {first_line[row.fingerprint]}")
+        else:
+            first_line[row.fingerprint] = row.line
+    taken: set[str] = set()
+    for chunk in _chunks(sorted(first_line)):
+        taken.update(
+            DeviceCertificate.objects.filter(fingerprint_sha256__in=chunk).values_list("fingerprint_sha256", flat=True)
+        )
+    for row in rows:
+        if row.fingerprint in taken:
+            row.problems.append("certificate: This certificate cannot be used.")
+
+
 def _serial_refusals_record(rows: list[_Row], *, tenant: Tenant, actor: Principal) -> None:
     """A file with taken serials counts once against the importer (connector.serial_refusals):
     one spreadsheet mistake must not lock an operator out, a series of probing files does.
@@ -326,7 +359,7 @@ def _create(rows: list[_Row], *, tenant: Tenant, actor: Principal) -> ImportResu
 
 def _create_row(row: _Row, *, actor: Principal) -> Device:
     try:
-        return device_create(
+        device = device_create(
             merchant=row.merchant,
             store=row.store,
             make=row.values["make"],
@@ -334,5 +367,8 @@ def _create_row(row: _Row, *, actor: Principal) -> Device:
             serial=row.values["serial"],
             actor=actor,
         )
+        if row.values.get("certificate"):
+            certificates.device_certificate_enrol(device=device, pem=row.values["certificate"], actor=actor)
     except Invalid as error:
         raise _RowFailed(row.line, error.message) from error
+    return device

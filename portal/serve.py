@@ -129,9 +129,10 @@ def worker_command(host: str, port: int) -> list[str]:
         str(env_int("CC_PING_INTERVAL", Defaults.PING_INTERVAL)),
         "--ws-ping-timeout",
         str(env_int("CC_PING_TIMEOUT", int(Defaults.PING_TIMEOUT))),
-        "--proxy-headers",
-        "--forwarded-allow-ips",
-        os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        # The application reads X-Forwarded-For/-Proto itself, from FORWARDED_ALLOW_IPS only
+        # (portal.proxies): uvicorn's own reading would hide the TCP peer that decides
+        # whether the proxy's client-certificate headers are believed.
+        "--no-proxy-headers",
         "--no-server-header",
         "--timeout-graceful-shutdown",
         str(env_int("CC_SHUTDOWN_GRACE", int(Defaults.SHUTDOWN_GRACE)) + 3),

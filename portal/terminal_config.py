@@ -70,3 +70,40 @@ def terminal_config(
         ssl_profile_name=connector_settings.SSL_PROFILE,
         ssl_profile_crt=ssl_profile_crt,
     )
+
+
+CLIENT_CRT_PLACEHOLDER = "<location of the device's certificate pem on the device>"
+CLIENT_KEY_PLACEHOLDER = "<location of its private key on the device (secure element)>"
+
+
+@dataclass(frozen=True)
+class MtlsTerminalConfig:
+    """The ws_client block of a terminal that registers with its client certificate (v1.1
+    §15): no custom_registration_data, so no secret; where its certificate and key lie."""
+
+    register_url: str
+    ssl_profile_name: str
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.register_url.startswith("wss://")
+
+    @property
+    def text(self) -> str:
+        return "\n".join(
+            [
+                "ws_client:",
+                f"  ep_register_url: {self.register_url}",
+                f"  enable_ssl: {1 if self.uses_tls else 0}",
+                f'  ssl_profile_name: "{self.ssl_profile_name}"',
+                f"  ssl_profile_crt: {CRT_PLACEHOLDER}",
+                f"  ssl_client_crt: {CLIENT_CRT_PLACEHOLDER}",
+                f"  ssl_client_key: {CLIENT_KEY_PLACEHOLDER}",
+            ]
+        )
+
+
+def mtls_terminal_config(*, request: HttpRequest) -> MtlsTerminalConfig:
+    return MtlsTerminalConfig(
+        register_url=device_listener_url(request), ssl_profile_name=connector_settings.SSL_PROFILE
+    )

@@ -619,7 +619,7 @@ def test_pos_client_refuses_bad_arguments_with_a_clear_message(args, message):
     ("args", "message"),
     [
         (["--client-id", "c", "--client-secret", "s"], "the following arguments are required: --tsn"),
-        (["--tsn", "1", "--client-id", "c"], "give --client-id and --client-secret, or --token"),
+        (["--tsn", "1", "--client-id", "c"], "give --client-id and --client-secret, --token, or --cert and --key"),
         (["--tsn", "1", "--token", "t", "--answer", "shout"], "invalid choice"),
         (["--tsn", "1", "--token", "t", "--url", "ftp://x"], "not a base URL"),
     ],

@@ -72,8 +72,23 @@ def substitute(text: str, pattern: str, replacement: str) -> str:
     return result
 
 
-def render_site(*, listen: int, backends: list[int], cert: Path, key: Path, static: Path) -> str:
+def render_site(
+    *,
+    listen: int,
+    backends: list[int],
+    cert: Path,
+    key: Path,
+    static: Path,
+    client_ca: Path | None = None,
+    crl: Path | None = None,
+) -> str:
+    """The documented file with the test's ports and paths; the device CA bundle is the
+    server's own certificate unless `client_ca` names one (test_mtls_nginx), the CRL
+    line stays commented out unless `crl` is given."""
     site = CONF.read_text()
+    site = substitute(site, r"ssl_client_certificate\s+\S+;", f"ssl_client_certificate {client_ca or cert};")
+    if crl is not None:
+        site = substitute(site, r"#\s*ssl_crl\s+\S+;", f"ssl_crl {crl};")
     site = substitute(site, r"^\s*server 127\.0\.0\.1:\d+ .*;\n", "")
     servers = "".join(f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=10s;\n" for port in backends)
     site = substitute(site, r"(hash \$cc_session consistent;\n)", lambda m: m.group(1) + servers)

@@ -55,6 +55,9 @@ def test_posting_presence_values_changes_nothing(world, staff):
         "last_seen_at_1": "00:00:00",
         "last_disconnect_reason": "closed",
         "_save": "Save",
+        # The client-certificates inline's management form, as the page sends it.
+        "certificates-TOTAL_FORMS": "0",
+        "certificates-INITIAL_FORMS": "0",
     }
     response = staff.post(url, data)
     assert response.status_code == 302, response.content.decode()[:2000]
