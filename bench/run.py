@@ -1,7 +1,7 @@
 """Cloud Connector benchmarks, next to plain relays measured in the same run.
 
     make bench     (or: .venv/bin/python bench/run.py [--seconds 5]
-                        [--parts frame,cross,one,control,storm] [--terminals 5000] [--live 1000]
+                        [--parts frame,cross,one,control,storm,held] [--terminals 5000] [--live 1000]
                         [--control 400] [--storm-terminals 5000] [--storm-claims 200] [--no-write])
 
 Needs PostgreSQL and Redis (`make bench` starts them when they are down): BENCH_DATABASE_URL
@@ -23,6 +23,8 @@ Parts:
   server's CPU per operation, beside the same steps answered by a bare ASGI app).
 - `storm`: see bench/storm.py (`--storm-terminals` terminals on one worker that is restarted:
   how long until every one is back, with its claims).
+- `held`: see bench/held.py (the frame path's CPU per round trip with and without the test the
+  held answers of v1.1 §13 add to it, when nothing is held).
 
 Prints each table and the targets (issues 6 and 13) with what was measured, and writes them into
 the marked sections of docs/benchmarks.md with the machine, the versions and the date.
@@ -39,6 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import control  # noqa: E402
+import held  # noqa: E402
 import scale  # noqa: E402
 import storm  # noqa: E402
 from common import (  # noqa: E402
@@ -63,7 +66,7 @@ from common import (  # noqa: E402
 from cpu import CpuMeter  # noqa: E402
 from loadgen import Result, round_trips  # noqa: E402
 
-ALL_PARTS = ("frame", "cross", "one", "control", "storm")
+ALL_PARTS = ("frame", "cross", "one", "control", "storm", "held")
 SCENARIOS = [(1, 100), (50, 100), (1, 16384), (50, 16384)]
 FRAME_TARGETS = [*PLAIN_RELAYS, *ASGI_SERVERS]
 FRAME_LABELS = {**PLAIN_RELAYS, **ASGI_SERVERS}
@@ -279,6 +282,7 @@ def main() -> None:
     print("preparing PostgreSQL and Redis...", flush=True)
     devices = FRAME_DEVICES + scale.devices_needed(args.terminals, args.live)
     devices += (2 * args.control + 20) * ("control" in parts) + args.storm_terminals * ("storm" in parts)
+    devices += held.TERMINALS * ("held" in parts)
     demo = fresh_backends(devices=devices)
     tsns = Tsns(demo)
     header = [
@@ -324,6 +328,14 @@ def main() -> None:
         print(f"storm: {args.storm_terminals} terminals, the worker restarted...", flush=True)
         storm_result = storm.storm(demo, tsns, args.storm_terminals, args.storm_claims)
         sections["storm"] = ["### Reconnect storm, one uvicorn worker restarted", "", *storm.storm_table(storm_result)]
+    if "held" in parts:
+        print("held answers: the frame path with and without their test...", flush=True)
+        held_result = held.held_frame_path(demo, tsns, args.seconds, held.ROUNDS)
+        sections["held"] = [
+            "### Held answers: the frame path when nothing is held (one uvicorn worker)",
+            "",
+            *held.held_table(held_result),
+        ]
     rows = targets(frame, cross, one, control_plane, storm_result)
     sections = {"targets": ["### Targets", "", *header, "", *targets_table(rows)], **sections}
     for body in sections.values():

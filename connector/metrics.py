@@ -358,6 +358,10 @@ SOURCES: dict[str, SourceFamily] = {
     ),
     # () -> webhook deliveries waiting (fed by webhook delivery, contract v1.1 §16, once it exists)
     "webhook_backlog": SourceFamily("cloud_connector_webhook_backlog", "Webhook deliveries waiting to be sent"),
+    # () -> bytes of device frames held for an absent claim holder (v1.1 §13, connector.relay.held)
+    "held_bytes": SourceFamily(
+        "cloud_connector_held_bytes", "Bytes of terminal frames held on this worker for a POS that is away"
+    ),
 }
 
 _sources: dict[str, Callable[[], object]] = {}

@@ -6,6 +6,11 @@
 It gets a token, claims the device, opens the session endpoint, sends the message (or every
 line read from standard input), prints what comes back, releases the claim and exits.
 Failures are one line on standard error and a non-zero exit code.
+
+With `--fallback` the session fails over to the terminal's own server on the local network
+when the cloud path has been gone for `--fallback-after` seconds, and comes back to the
+cloud when it works again (connector.clients.failover; run the terminal with
+`simulate_device --local-port N`). Each switch is printed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from connector.clients.common import ClientError, Frame, preview
+from connector.clients.failover import FailoverSession, NoPath, Switch
 from connector.clients.pos import Claim, Event, PosClient, SessionSocket, fetch_token
 
 
@@ -38,6 +44,18 @@ class Command(BaseCommand):
         parser.add_argument("--force", action="store_true", help="take the claim over from another POS")
         parser.add_argument("--devices", action="store_true", help="list the devices the credential reaches")
         parser.add_argument("--wait", type=float, default=10.0, help="seconds to wait for an answer (default 10)")
+        parser.add_argument(
+            "--fallback",
+            action="store_true",
+            help="fail over to the terminal's local_url when the cloud path is lost, and back",
+        )
+        parser.add_argument(
+            "--fallback-after",
+            type=float,
+            default=5.0,
+            metavar="SECONDS",
+            help="how long the cloud path must be gone before --fallback switches (default 5)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         has_credentials = bool(options["client_id"] and options["client_secret"])
@@ -47,6 +65,10 @@ class Command(BaseCommand):
             raise CommandError("give --tsn (the device to claim), or --devices")
         if options["wait"] <= 0:
             raise CommandError("--wait must be positive")
+        if options["fallback_after"] < 0:
+            raise CommandError("--fallback-after cannot be negative")
+        if options["fallback"] and not options["tsn"]:
+            raise CommandError("--fallback needs --tsn")
         # The command prints what happens itself; the library's own log would say it twice.
         logging.getLogger("connector.clients").setLevel(logging.WARNING)
         try:
@@ -62,6 +84,9 @@ class Command(BaseCommand):
 
     async def main(self, options: dict[str, Any]) -> None:
         token = options["token"] or await self.token(options)
+        if options["fallback"]:
+            await self.use_failover(token, options)
+            return
         async with PosClient(options["url"], token=token, on_event=self.event, request_timeout=options["wait"]) as pos:
             if options["devices"]:
                 await self.list_devices(pos)
@@ -125,6 +150,53 @@ class Command(BaseCommand):
                 await session.send(self.frame(line.rstrip("\n"), binary))
         finally:
             printer.cancel()
+
+    async def use_failover(self, token: str, options: dict[str, Any]) -> None:
+        """--fallback: one session over the cloud or the local network, whichever works."""
+        till = FailoverSession(
+            options["url"],
+            token=token,
+            tsn=options["tsn"],
+            endpoint=options["endpoint"],
+            fallback_after=options["fallback_after"],
+            on_switch=self.switched,
+            on_event=self.event,
+        )
+        await till.start()
+        self.stdout.write(
+            self.style.SUCCESS(f"claimed {options['tsn']}: session {till.session_id}")
+            + f", using {till.endpoint}; local_url {till.local_url or '(none: no fallback possible)'}"
+        )
+        try:
+            if options["message"] is not None:
+                message = self.frame(options["message"], options["binary"])
+                await till.send(message)
+                self.stdout.write(f"→ {preview(message)}")
+                self.stdout.write(f"← {preview(await till.recv(timeout=options['wait']))}")
+            else:
+                await self.interactive_failover(till, options["binary"])
+        finally:
+            await till.close()
+
+    async def interactive_failover(self, till: FailoverSession, binary: bool) -> None:
+        self.stdout.write("type a message per line; Ctrl-D ends")
+        lines = stdin_lines()
+        printer = asyncio.create_task(self.print_failover_frames(till))
+        try:
+            while (line := await lines.get()) is not None:
+                try:
+                    await till.send(self.frame(line.rstrip("\n"), binary))
+                except NoPath as exc:
+                    self.stderr.write(f"not sent: {exc}")
+        finally:
+            printer.cancel()
+
+    async def print_failover_frames(self, till: FailoverSession) -> None:
+        while True:
+            self.stdout.write(f"← {preview(await till.recv())}")
+
+    def switched(self, switch: Switch) -> None:
+        self.stdout.write(self.style.WARNING(f"now over the {switch.path}: {switch.reason}"))
 
     async def print_frames(self, session: SessionSocket) -> None:
         while True:
