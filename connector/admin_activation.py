@@ -12,6 +12,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Exists, OuterRef
+from django.template.defaultfilters import pluralize
 
 from accounts import admin as accounts_admin
 from accounts.admin_base import ReadOnlyAdmin, ServiceModelAdmin
@@ -55,8 +56,18 @@ class CloudConnectorActiveFilter(admin.SimpleListFilter):
         return queryset
 
 
+def counted(count: int, opts) -> str:
+    """'1 merchant', '2 merchants': the model's own singular or plural."""
+    return f"{count} {opts.verbose_name if count == 1 else opts.verbose_name_plural}"
+
+
+def devices_become_unusable(count: int, where: str = "") -> str:
+    """'1 device beneath it becomes unusable', '2 devices beneath it become unusable'."""
+    return f"{count} device{pluralize(count)}{where} become{pluralize(count, 's,')} unusable"
+
+
 def _activation_consequence(obj: MerchantAggregator | Merchant) -> str:
-    return f"{obj}: {services.activation_impact(obj=obj)} device(s) beneath it become unusable"
+    return f"{obj}: {devices_become_unusable(services.activation_impact(obj=obj), ' beneath it')}"
 
 
 class ActivationActionsMixin(ActivationPermissionMixin):
@@ -82,11 +93,15 @@ class ActivationActionsMixin(ActivationPermissionMixin):
     )
     def deactivate_cloud_connector(self, request, queryset):
         active = list(queryset.filter(cloud_connector_active=True))
+        if not active:
+            # Nothing to confirm: asking "deactivate for 0 merchants?" would only mislead.
+            self.message_user(request, "Nothing to do: Cloud Connector is already off for the selection.")
+            return None
         page = self.confirmation(
             request,
             queryset,
             action="deactivate_cloud_connector",
-            title=f"Deactivate Cloud Connector for {len(active)} {self.opts.verbose_name_plural}?",
+            title=f"Deactivate Cloud Connector for {counted(len(active), self.opts)}?",
             consequences=[_activation_consequence(obj) for obj in active]
             + ["Their live device sessions end now (POS and terminals are disconnected)."],
         )
@@ -169,12 +184,15 @@ class TenantAdmin(DeviceCountMixin, accounts_admin.TenantAdmin):
     )
     def unsubscribe(self, request, queryset):
         subscribed = list(queryset.filter(is_subscribed=True))
+        if not subscribed:
+            self.message_user(request, "Nothing to do: none of the selected tenants is subscribed.")
+            return None
         page = self.confirmation(
             request,
             queryset,
             action="unsubscribe",
-            title=f"Unsubscribe {len(subscribed)} tenant(s) from Cloud Connector?",
-            consequences=[f"{tenant}: {tenant.device_total} device(s) become unusable" for tenant in subscribed]
+            title=f"Unsubscribe {counted(len(subscribed), self.opts)} from Cloud Connector?",
+            consequences=[f"{tenant}: {devices_become_unusable(tenant.device_total)}" for tenant in subscribed]
             + ["Every live device session of these tenants ends now."],
         )
         if page is not None:

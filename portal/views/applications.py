@@ -65,6 +65,9 @@ def application_detail(request: HttpRequest, pk: int) -> HttpResponse:
                 account_services.cloud_application_update(app=app, actor=principal, **form.cleaned_data)
             except Invalid as error:
                 apply_domain_error(form, error)
+                # The service set the refused values on the object before refusing them: the
+                # title, the breadcrumb and the readiness show the application as it still is.
+                app.refresh_from_db()
             else:
                 messages.success(request, "Application configuration saved.")
                 return redirect("portal:application_detail", pk=app.pk)

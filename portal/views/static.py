@@ -49,3 +49,14 @@ def static_asset(request: HttpRequest, path: str) -> HttpResponse:
     response["Cache-Control"] = f"public, max-age={MAX_AGE}"
     response["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+FAVICON = "portal/favicon.ico"
+
+
+@login_not_required  # browsers ask for it on every page, the sign-in page and the admin's included
+@require_safe
+def favicon(request: HttpRequest) -> HttpResponse:
+    """`/favicon.ico`: browsers request it at the site's root whatever the page links to (the
+    admin's and the API browser's pages link to none), so it is answered here, not with a 404."""
+    return static_asset(request, FAVICON)

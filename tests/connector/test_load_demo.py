@@ -22,7 +22,8 @@ from tests.factories import TenantFactory
 
 pytestmark = pytest.mark.django_db
 
-CREDENTIALS = re.compile(r"client_id: (\S+)\s+client_secret: (\S+)")
+# A secret is letters and digits; "(unknown: ...)" stands where none is known.
+CREDENTIALS = re.compile(r"client_id: (\S+)\s+client_secret: ([A-Za-z0-9]+)\b")
 
 
 @pytest.fixture(autouse=True)
@@ -116,14 +117,49 @@ def test_it_prints_the_urls_logins_tsns_and_relay_commands(credentials_file):
 
 def test_the_urls_follow_the_address_make_run_serves_on_first_and_later_runs(credentials_file):
     first = load_demo(credentials_file, "--address", "0.0.0.0:9000")
+    saved_first = credentials_file.read_text()
     again = load_demo(credentials_file, "--address", "127.0.0.1:8100")
+    saved_again = credentials_file.read_text()
 
-    for output, address in ((first, "0.0.0.0:9000"), (again, "127.0.0.1:8100")):
+    for output, address in (
+        (first, "0.0.0.0:9000"),
+        (saved_first, "0.0.0.0:9000"),
+        (again, "127.0.0.1:8100"),
+        (saved_again, "127.0.0.1:8100"),
+    ):
         assert f"Portal:    http://{address}/" in output
         assert f"simulate_device --url ws://{address} --tsn" in output
         assert f"pos_client --url http://{address} --domain demo" in output
         assert "127.0.0.1:8000" not in output
     assert printed_credentials(again) == printed_credentials(first)
+
+
+def test_a_later_run_shows_the_demo_as_it_is_now(credentials_file):
+    first = load_demo(credentials_file)
+    later = Device.objects.get(serial="230000005")
+    services.service_activate(obj=later, actor=SYSTEM)
+    store = later.store
+    added = account_services.pos_create(store=store, name="Till 2", actor=SYSTEM)
+    User.objects.filter(username="merchant-viewer").update(is_active=False)
+
+    output = load_demo(credentials_file)
+
+    assert "Ingenico-Lane3000-230000005   usable" in output
+    assert "NOT active" not in output
+    assert "POS 'Till 2' of Store 1" in output
+    assert f"client_id: {added.client_id}  client_secret: (unknown" in output
+    assert "merchant-viewer / merchant-viewer   merchant viewer, read-only (Demo Coffee) (deactivated since)" in output
+    assert printed_credentials(output) == printed_credentials(first)
+    assert credentials_file.read_text() in output
+
+
+def test_it_makes_and_prints_a_viewer_of_the_merchant_and_one_of_the_aggregator(credentials_file):
+    output = load_demo(credentials_file)
+    assert "ma-viewer / ma-viewer   merchant aggregator viewer, read-only (Demo Aggregator)" in output
+    assert "merchant-viewer / merchant-viewer   merchant viewer, read-only (Demo Coffee)" in output
+    for username, level in (("ma-viewer", Level.MERCHANT_AGGREGATOR), ("merchant-viewer", Level.MERCHANT)):
+        principal = principal_for_user(authenticate(username=username, password=username))
+        assert principal.level == level and not principal.can_write
 
 
 def test_every_printed_secret_matches_its_hashed_credential(credentials_file):
@@ -197,6 +233,13 @@ def test_a_second_run_warns_about_a_secret_rotated_since(credentials_file):
     account_services.credential_rotate(obj=pos, actor=SYSTEM)
     output = load_demo(credentials_file)
     assert f"the secret of {pos.application.client_id} no longer matches" in output
+    # The block itself no longer offers the dead secret, nor relay commands built on it.
+    assert pos.application.client_id not in printed_credentials(output)
+    assert f"client_id: {pos.application.client_id}  client_secret: (unknown" in output
+    assert "simulate_device" not in output
+    assert "no POS with a known secret" in output
+    # Said once: the saved block no longer holds the dead secret.
+    assert "no longer matches" not in load_demo(credentials_file)
 
 
 def test_it_leaves_a_database_with_other_tenants_alone(credentials_file):

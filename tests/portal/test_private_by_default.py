@@ -29,6 +29,7 @@ PUBLIC = {
     "portal:password_reset_confirm": "the link in the reset e-mail",
     "portal:password_reset_complete": "forgotten password",
     "portal:static_asset": "the sign-in page's stylesheet and script",
+    "portal:favicon": "browsers ask for /favicon.ico on every page, the sign-in page included",
     "admin:login": "the admin's sign-in",
 }
 
