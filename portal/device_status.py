@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import F, OuterRef, Prefetch, Q, QuerySet, Subquery
 
 from accounts.scope import Principal
-from connector.models import Device, DeviceConnection, DeviceSession, DisconnectReason
+from connector.models import Device, DeviceConnection, DeviceSession, DisconnectReason, tsn_lower
 from connector.selectors import LIVE, devices_in_scope
-from connector.services import Unusable, devices_with_activation, unusable_reason_from_flags
+from connector.services import ACTIVATION_REASONS, Unusable, devices_with_activation, unusable_reason_from_flags
 
 REASON_TEXT = {
     Unusable.DISABLED: "The device is not provisioned and enabled in PPaaS.",
@@ -71,7 +71,53 @@ def devices_for_portal(*, principal: Principal) -> QuerySet[Device]:
     )
 
 
-def devices_filtered(queryset: QuerySet[Device], *, store=None, make: str = "", active: str = "", online: str = ""):
+# The orders the list offers (`?sort=`): each ends with the primary key, so that a page
+# boundary is stable however many devices share a value. A leading "-" reverses.
+SORTS: dict[str, tuple[str, ...]] = {
+    "tsn": ("make", "model", "serial"),
+    "store": ("store__name", "make", "model", "serial"),
+    "merchant": ("merchant__name", "store__name", "make", "model", "serial"),
+    "connection": ("online", "store__name", "make", "model", "serial"),
+    "last_seen": ("last_seen_at", "make", "model", "serial"),
+}
+DEFAULT_SORT = "store"
+
+
+def devices_sorted(queryset: QuerySet[Device], sort: str) -> QuerySet[Device]:
+    """`sort` one of SORTS, "-" in front for the reverse; an unknown one is the default.
+    Devices never seen sort last in either direction."""
+    descending = sort.startswith("-")
+    fields = SORTS.get(sort.removeprefix("-"), SORTS[DEFAULT_SORT])
+    order = []
+    for name in (*fields, "pk"):
+        expression = F(name)
+        order.append(expression.desc(nulls_last=True) if descending else expression.asc(nulls_last=True))
+    return queryset.order_by(*order)
+
+
+def devices_searched(queryset: QuerySet[Device], q: str) -> QuerySet[Device]:
+    """Devices whose serial or fully qualified tsn contains `q`, whatever the case."""
+    q = q.strip()
+    if not q:
+        return queryset
+    return queryset.alias(tsn_lc=tsn_lower()).filter(Q(serial__icontains=q) | Q(tsn_lc__contains=q.lower()))
+
+
+def devices_filtered(
+    queryset: QuerySet[Device],
+    *,
+    q: str = "",
+    merchant=None,
+    store=None,
+    make: str = "",
+    active: str = "",
+    online: str = "",
+    sort: str = "",
+) -> QuerySet[Device]:
+    """The list's filters (the form has checked that `merchant` and `store` are in scope)."""
+    queryset = devices_searched(queryset, q)
+    if merchant is not None:
+        queryset = queryset.filter(merchant=merchant)
     if store is not None:
         queryset = queryset.filter(store=store)
     if make:
@@ -80,7 +126,7 @@ def devices_filtered(queryset: QuerySet[Device], *, store=None, make: str = "", 
         queryset = queryset.filter(usable=(active == "yes"))
     if online:
         queryset = queryset.filter(online=(online == "yes"))
-    return queryset
+    return devices_sorted(queryset, sort)
 
 
 def credential_name(session: DeviceSession) -> str:
@@ -120,6 +166,31 @@ class DeviceState:
         return self.reason == Unusable.DEVICE
 
     @property
+    def disabled(self) -> bool:
+        return not (self.device.provisioned and self.device.enabled)
+
+    @property
+    def own_activation(self) -> bool:
+        """Whether Cloud Connector is switched on for the device itself (its own activation
+        row), whatever the levels above it and its PPaaS state say."""
+        return bool(getattr(self.device, "device_active", False))
+
+    @property
+    def activation_reasons(self) -> list[str]:
+        """Every level that keeps Cloud Connector off for it besides being disabled, in the
+        order they are reported: the device page says them all, so that fixing one does not
+        reveal the next as a surprise. The device's own activation is named only when the
+        levels above are on (activating a merchant activates its devices)."""
+        above = [
+            REASON_TEXT[reason]
+            for flag, reason in ACTIVATION_REASONS
+            if reason != Unusable.DEVICE and not getattr(self.device, flag, True)
+        ]
+        if not above and not self.own_activation:
+            return [REASON_TEXT[Unusable.DEVICE]]
+        return above
+
+    @property
     def online(self) -> bool:
         return self.device.online
 
@@ -156,6 +227,12 @@ class DeviceState:
     @property
     def claimed(self) -> bool:
         return self.session is not None and self.session.claimed_by_id is not None
+
+    @property
+    def free(self) -> bool:
+        """Online and held by no POS: a claim would succeed now. An offline device's kept
+        session is not "free": nothing could be relayed to it."""
+        return self.device.online and self.session is not None and not self.claimed
 
     @property
     def claimed_by(self) -> str:

@@ -110,15 +110,53 @@ class ApplicationConfigForm(forms.Form):
 YES_NO = [("", "Any"), ("yes", "Yes"), ("no", "No")]
 
 
+class QualifiedStoreField(forms.ModelChoiceField):
+    """A store named with its merchant ("Corner Shop › High Street"): an aggregator's
+    merchants may each have a store called "High Street"."""
+
+    def label_from_instance(self, obj: Store) -> str:
+        return f"{obj.merchant.name} › {obj.name}"
+
+
+DEVICE_SORTS = [
+    ("store", "Store"),
+    ("-store", "Store, Z to A"),
+    ("tsn", "Device (TSN)"),
+    ("-tsn", "Device (TSN), Z to A"),
+    ("connection", "Offline first"),
+    ("-connection", "Online first"),
+    ("-last_seen", "Seen most recently"),
+    ("last_seen", "Seen longest ago"),
+    ("merchant", "Merchant"),
+]
+
+
 class DeviceFilterForm(forms.Form):
+    """The devices list's search, filters and order; `merchants` is None for a merchant's
+    users (no merchant filter, store names without their merchant)."""
+
+    q = forms.CharField(required=False, max_length=120, strip=True, label="Search serial or TSN")
+    merchant = forms.ModelChoiceField(queryset=Merchant.objects.none(), required=False, empty_label="All merchants")
     store = forms.ModelChoiceField(queryset=Store.objects.none(), required=False, empty_label="All stores")
     make = forms.ChoiceField(required=False)
     active = forms.ChoiceField(choices=YES_NO, required=False, label="Cloud Connector active")
     online = forms.ChoiceField(choices=YES_NO, required=False)
+    sort = forms.ChoiceField(choices=DEVICE_SORTS, required=False, label="Order")
 
-    def __init__(self, *args, stores: QuerySet[Store], makes: list[str], **kwargs) -> None:
+    def __init__(
+        self, *args, stores: QuerySet[Store], makes: list[str], merchants: QuerySet[Merchant] | None, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["store"].queryset = stores
+        self.fields["q"].widget.attrs.update(type="search", placeholder="e.g. 230000050", autocomplete="off")
+        if merchants is None:
+            del self.fields["merchant"]
+            self.fields["sort"].choices = DEVICE_SORTS[:-1]
+            self.fields["store"].queryset = stores
+        else:
+            self.fields["merchant"].queryset = merchants
+            self.fields["store"] = QualifiedStoreField(
+                queryset=stores.select_related("merchant"), required=False, empty_label="All stores"
+            )
         self.fields["make"].choices = [("", "All makes")] + [(make, make) for make in makes]
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.db.models import Count
+from django.core.paginator import Paginator
+from django.db.models import Count, Prefetch, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -26,14 +27,39 @@ def _stores(request: HttpRequest):
     )
 
 
+STORES_PAGE_SIZE = 50
+
+
+def _stores_searched(stores, q: str, *, principal):
+    """Stores whose name (or merchant's, for an aggregator) or one of whose POS' names
+    contains `q`, each with the POS that matched in `matched_pos`."""
+    if not q:
+        return stores
+    pos = pos_in_scope(principal=principal).filter(name__icontains=q).order_by("name")
+    match = Q(name__icontains=q) | Q(pos__name__icontains=q)
+    if principal.level < Level.MERCHANT:
+        match |= Q(merchant__name__icontains=q)
+    ids = stores.filter(match).values("pk")
+    return stores.filter(pk__in=ids).prefetch_related(Prefetch("pos", queryset=pos, to_attr="matched_pos"))
+
+
 @portal_view
 def store_list(request: HttpRequest) -> HttpResponse:
+    """The stores in scope, searched by `?q=` (store, merchant or POS name) and paged."""
     principal = principal_of(request)
-    stores = _stores(request).order_by("merchant__name", "name")
+    q = request.GET.get("q", "").strip()[:120]
+    stores = _stores_searched(_stores(request).order_by("merchant__name", "name", "pk"), q, principal=principal)
+    page = Paginator(stores, STORES_PAGE_SIZE).get_page(request.GET.get("page"))
     return render(
         request,
         "portal/store_list.html",
-        {"section": "stores", "stores": stores, "show_merchant": principal.level < Level.MERCHANT},
+        {
+            "section": "stores",
+            "stores": page.object_list,
+            "page": page,
+            "q": q,
+            "show_merchant": principal.level < Level.MERCHANT,
+        },
     )
 
 
@@ -77,6 +103,9 @@ def _rename(request: HttpRequest, principal, obj, *, noun: str, detail: str) -> 
             account_services.object_rename(obj=obj, name=form.cleaned_data["name"], actor=principal)
         except Invalid as error:
             apply_domain_error(form, error)
+            # The service set the refused name on the object before refusing it: the title and
+            # the breadcrumb name the object as it still is (the form keeps what was typed).
+            obj.refresh_from_db(fields=["name"])
         else:
             messages.success(request, f"{capfirst(noun)} renamed to “{obj.name}”.")
             return redirect(detail, pk=obj.pk)

@@ -58,7 +58,7 @@ def test_each_reason_a_device_cannot_use_cloud_connector_is_said_plainly(world):
     Activation.objects.create(service=connector_services.cloud_connector(), merchant=world.merchant)
     assert REASON_TEXT[Unusable.DEVICE] in page()
     connector_services.service_activate(obj=device, actor=SYSTEM)
-    assert 'Cloud Connector</dt>\n    <dd><span class="badge ok">active</span>' in page()
+    assert 'Cloud Connector</dt>\n    <dd class="activation"><span class="badge ok">active</span>' in page()
     device.enabled = False
     device.save()
     assert REASON_TEXT[Unusable.DISABLED] in page()
@@ -146,12 +146,13 @@ def test_a_filter_for_a_store_outside_the_scope_is_refused(world):
     assert world.other_device.tsn not in page
 
 
-def test_the_list_polls_its_own_fragment_with_the_same_filters(world):
+def test_the_list_is_pushed_not_polled_and_catches_up_with_the_same_filters(world):
     client = client_for(world.merchant_admin)
     page = client.get(reverse("portal:device_list") + "?make=Ingenico&online=yes").content.decode()
-    assert 'hx-get="/devices/rows/?make=Ingenico&amp;online=yes"' in page
-    assert 'hx-trigger="every 1s"' in page
-    assert "/static/portal/htmx-2.0.11.min.js" in page
+    assert "hx-trigger" not in page.split('<table id="devices"')[1]
+    assert 'data-live-url="/ws/portal/devices/"' in page
+    assert 'data-rows-url="/devices/rows/?make=Ingenico&amp;online=yes"' in page
+    assert "/static/portal/devices.js" in page
 
 
 def test_the_list_says_what_to_do_when_empty(world):
