@@ -41,6 +41,7 @@ class Kind(enum.StrEnum):
     MERCHANT_ACTIVATION = "merchant_activation"
     DEVICE_ACTIVATION = "device_activation"
     WEBHOOK_ENDPOINT = "webhook_endpoint"
+    DEVICE_CERTIFICATE = "device_certificate"
 
 
 # The deepest level at which a principal may write objects of each kind: at this level or
@@ -55,6 +56,8 @@ WRITE_LEVEL: dict[Kind, Level] = {
     Kind.CLOUD_APPLICATION: Level.MERCHANT_AGGREGATOR,
     # A provisioning client acts for the whole tenant: nobody below the tenant may make one.
     Kind.PROVISIONING_CLIENT: Level.TENANT,
+    # People: an aggregator's administrators manage its people and its merchants'; a merchant's,
+    # the merchant's (accounts.team, the portal's Team pages). Which people is the team's scope.
     Kind.USER: Level.MERCHANT,
     Kind.STAFF_USER: Level.PLATFORM,
     Kind.SUBSCRIPTION: Level.TENANT,
@@ -70,6 +73,9 @@ WRITE_LEVEL: dict[Kind, Level] = {
     # merchants'. Which scope a merchant's people may give an endpoint is the service's rule
     # (connector.webhook_endpoints): their merchant's, not their aggregator's.
     Kind.WEBHOOK_ENDPOINT: Level.MERCHANT,
+    # A device's identity (v1.1 §15): its enrolled certificates and whether it must present
+    # one. Those who manage the merchant's devices manage their identities too.
+    Kind.DEVICE_CERTIFICATE: Level.MERCHANT,
 }
 
 
@@ -103,10 +109,12 @@ _KIND_OF_LABEL = {
     "accounts.cloudapplication": Kind.CLOUD_APPLICATION,
     "accounts.provisioningclient": Kind.PROVISIONING_CLIENT,
     "accounts.user": Kind.USER,
+    "accounts.membership": Kind.USER,
     "connector.subscription": Kind.SUBSCRIPTION,
     "connector.device": Kind.DEVICE,
     "connector.devicesession": Kind.DEVICE_SESSION,
     "connector.webhookendpoint": Kind.WEBHOOK_ENDPOINT,
+    "connector.devicecertificate": Kind.DEVICE_CERTIFICATE,
 }
 
 

@@ -103,6 +103,13 @@ class ConnectorSettings:
     WEBHOOK_RETRY_HOURS: float = 26.0
     #: Let webhooks reach private, loopback and link-local addresses (default: only with DEBUG).
     WEBHOOK_ALLOW_PRIVATE: bool = False
+    #: Held answers (v1.1 §13, connector.relay.held): frames a terminal sends on an endpoint
+    #: while the claim holder has no session socket there are kept, at most HELD_FRAMES frames
+    #: or HELD_BYTES bytes per endpoint and HELD_TOTAL_BYTES bytes per process, for at most
+    #: GRACE_PERIOD seconds; the frames beyond are dropped and counted (`frames_dropped`).
+    HELD_FRAMES: int = 256
+    HELD_BYTES: int = ONE_MIB
+    HELD_TOTAL_BYTES: int = 64 * ONE_MIB
 
 
 KEYS = frozenset(f.name for f in fields(ConnectorSettings))

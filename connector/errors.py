@@ -59,6 +59,12 @@ class DeviceOffline(errors.Conflict):
     code = "device_offline"
 
 
+class MtlsRequired(errors.NotAllowed):
+    """The device accepts only certificate registration (v1.1 §15): present its enrolled client certificate."""
+
+    code = "mtls_required"
+
+
 class DeviceUnresponsive(errors.DomainError):
     """`ping` got no pong from the device's socket within its timeout (v1.1 §12)."""
 

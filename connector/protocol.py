@@ -32,6 +32,7 @@ the response's `status_code` and `error`, and the close code a socket that canno
 from __future__ import annotations
 
 import enum
+import ipaddress
 import itertools
 import json
 import math
@@ -39,6 +40,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from accounts import errors as domain
 
@@ -127,6 +129,7 @@ ERRORS: dict[str, tuple[int, str, int]] = {
     "not_claimed": (409, "not_claimed", Close.FORBIDDEN),
     "rate_limited": (429, "rate_limited", Close.RATE_LIMITED),
     "device_unresponsive": (504, "device_unresponsive", Close.PEER_UNAVAILABLE),
+    "mtls_required": (403, "mtls_required", Close.FORBIDDEN),
     # Generic domain errors, for a service that raises one of accounts.errors directly.
     domain.Invalid.code: (400, "invalid_request", Close.PROTOCOL_VIOLATION),
     domain.NotFound.code: (404, "not_found", Close.NOT_FOUND),
@@ -383,6 +386,67 @@ def parse_registration_data(value: Any) -> ClientCredentials | None:
         # No credential holds one, and PostgreSQL refuses it in a query parameter.
         raise ProtocolError("client_id and client_secret cannot contain NUL characters.")
     return ClientCredentials(client_id=client_id, client_secret=secret)
+
+
+MAX_LOCAL_URL_LENGTH = 2048
+# v1.1 §14: where a terminal's own server may be, on the shop's network: private (RFC 1918,
+# RFC 4193), link-local or loopback; never an address the internet routes. Listed rather
+# than `ipaddress.is_private`, which also admits documentation and benchmarking ranges.
+LOCAL_NETWORKS = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+        "127.0.0.0/8",
+        "fc00::/7",
+        "fe80::/10",
+        "::1/128",
+    )
+)
+_LOCAL_NAME_RE = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+local$")
+
+
+def _local_host(host: str) -> bool:
+    """An IP address in LOCAL_NETWORKS (an IPv4-mapped IPv6 one as its IPv4), or a `.local`
+    (mDNS) name."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return bool(_LOCAL_NAME_RE.fullmatch(host))
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in LOCAL_NETWORKS)
+
+
+def parse_local_url(value: Any) -> str:
+    """A registration's `local_url` (v1.1 §14): the terminal's WebSocket server on the shop's
+    network, `ws://` or `wss://` on a local host (`_local_host`), an optional port and path,
+    nothing else (no credentials, query or fragment); "" when absent."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not value or len(value) > MAX_LOCAL_URL_LENGTH:
+        raise ProtocolError(f"local_url must be a ws:// or wss:// URL of at most {MAX_LOCAL_URL_LENGTH} characters.")
+    if SURROGATE_RE.search(value) or not value.isprintable() or " " in value:
+        raise ProtocolError("local_url must be a URL without spaces or control characters.")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ProtocolError(f"local_url {shown(value)} is not a URL.") from None
+    if parts.scheme not in ("ws", "wss"):
+        raise ProtocolError("local_url must start with ws:// or wss://.")
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        raise ProtocolError("local_url takes a host, a port and a path; no credentials, query or fragment.")
+    host = (parts.hostname or "").rstrip(".")
+    if not host or not _local_host(host):
+        raise ProtocolError(
+            f"local_url {shown(value)} must name a private, link-local or loopback address, or a .local name."
+        )
+    if port == 0:
+        raise ProtocolError("local_url has port 0.")
+    return value
 
 
 def parse_claim(resource: dict[str, Any]) -> tuple[str, bool]:

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.utils import timezone
+
+from accounts.scope import Level, Principal
 from connector.callers import Caller, ClientRecord, caller_from_bearer, client_lookup, record_caller, secret_remembered
-from connector.errors import InsufficientScope, InvalidClient, InvalidToken, RateLimited
+from connector.certificates import certificate_for_fingerprint
+from connector.errors import AmbiguousTsn, InsufficientScope, InvalidClient, InvalidToken, RateLimited, UnknownDevice
 from connector.limiter import registration_limited, registration_verified, registration_verified_record
+from connector.selectors import device_find
 from connector.sessions import Registration, device_register
 
 
@@ -51,7 +56,7 @@ class SecretToCheck:
 
 
 def device_register_with_client(
-    *, address: str, client_id: str, client_secret: str, tsn: str, endpoints: list[str]
+    *, address: str, client_id: str, client_secret: str, tsn: str, endpoints: list[str], local_url: str = ""
 ) -> Registration | SecretToCheck:
     """Registration with client credentials in one go when the secret matched a moment ago
     (`secret_remembered`: no hashing here); else what the caller needs to check it first.
@@ -59,18 +64,24 @@ def device_register_with_client(
     record, remembered = registration_client(address=address, client_id=client_id, client_secret=client_secret)
     if not remembered:
         return SecretToCheck(record)
-    return device_register(caller=record_caller(record, secret_ok=True), tsn=tsn, endpoints=endpoints)
+    return device_register(
+        caller=record_caller(record, secret_ok=True), tsn=tsn, endpoints=endpoints, local_url=local_url
+    )
 
 
-def device_register_checked(*, address: str, caller: Caller, tsn: str, endpoints: list[str]) -> Registration:
+def device_register_checked(
+    *, address: str, caller: Caller, tsn: str, endpoints: list[str], local_url: str = ""
+) -> Registration:
     """The last step of a registration whose secret was just checked: `device_register`, and
     remember that this client id verified from this address (see `registration_client`)."""
-    registration = device_register(caller=caller, tsn=tsn, endpoints=endpoints)
+    registration = device_register(caller=caller, tsn=tsn, endpoints=endpoints, local_url=local_url)
     registration_verified_record(address=address, client_id=caller.client_id)
     return registration
 
 
-def device_register_with_token(*, address: str, raw_token: str, tsn: str, endpoints: list[str]) -> Registration:
+def device_register_with_token(
+    *, address: str, raw_token: str, tsn: str, endpoints: list[str], local_url: str = ""
+) -> Registration:
     """Registration with an access token: RateLimited if the address failed too often,
     InvalidClient for any fault of the token (§3 answers every credential failure, tokens
     included, with invalid_client), then `device_register`."""
@@ -78,4 +89,39 @@ def device_register_with_token(*, address: str, raw_token: str, tsn: str, endpoi
         caller = registration_bearer(address=address, raw_token=raw_token)
     except (InvalidToken, InsufficientScope) as error:
         raise InvalidClient(error.message) from None
-    return device_register(caller=caller, tsn=tsn, endpoints=endpoints)
+    return device_register(caller=caller, tsn=tsn, endpoints=endpoints, local_url=local_url)
+
+
+def device_register_with_certificate(
+    *, address: str, fingerprint: str, tsn: str, endpoints: list[str], local_url: str = "", credentials_given: bool
+) -> Registration | None:
+    """Registration by a client certificate the TLS proxy verified (v1.1 §15). Enrolled for
+    the device the tsn names: registered, no credential needed. Enrolled for another device:
+    InvalidClient, whatever credentials come with it (one terminal's certificate never
+    stands for another). Enrolled nowhere: None, for the credentials to decide, or
+    InvalidClient when there are none. No address limit: no one guesses a certificate."""
+    certificate = certificate_for_fingerprint(fingerprint)
+    if certificate is None:
+        if credentials_given:
+            return None
+        raise InvalidClient("This client certificate is not enrolled for any device.")
+    if certificate.not_after <= timezone.now():
+        raise InvalidClient("This client certificate has expired.")
+    device = certificate.device
+    principal = Principal(
+        level=Level.STORE,
+        label=f"certificate:{fingerprint[:16]}",
+        tenant_id=device.tenant_id,
+        merchant_aggregator_id=device.merchant.merchant_aggregator_id,
+        merchant_id=device.merchant_id,
+        store_id=device.store_id,
+        can_write=False,
+    )
+    try:
+        named = device_find(principal=principal, tsn=tsn)
+    except (UnknownDevice, AmbiguousTsn):
+        named = None
+    if named is None or named.pk != device.pk:
+        raise InvalidClient("This client certificate is enrolled for another device.")
+    caller = Caller(principal=principal, application_id=None, client_id="", fingerprint=fingerprint)
+    return device_register(caller=caller, tsn=tsn, endpoints=endpoints, local_url=local_url)

@@ -168,11 +168,15 @@ def device_require_usable(*, device: Device) -> None:
 
 def devices_for_caller(*, caller: Caller) -> list[dict]:
     """Every device in the caller's scope, with its presence (v1.1 §11) and its live
-    session's claim (§5 `devices`)."""
+    session's claim (§5 `devices`) and `local_url` (v1.1 §14)."""
     live = DeviceSession.objects.filter(LIVE, device_id=OuterRef("pk"))
     rows = (
         devices_in_scope(principal=caller.principal)
-        .annotate(session_id=Subquery(live.values("pk")[:1]), holder=Subquery(live.values("claimed_by_id")[:1]))
+        .annotate(
+            session_id=Subquery(live.values("pk")[:1]),
+            holder=Subquery(live.values("claimed_by_id")[:1]),
+            local_url=Subquery(live.values("local_url")[:1]),
+        )
         .order_by("id")
     )
     return [
@@ -182,6 +186,7 @@ def devices_for_caller(*, caller: Caller) -> list[dict]:
             "claimed": device.holder is not None,
             "claimed_by_you": device.holder == caller.application_id,
             "session_id": device.session_id,
+            "local_url": device.local_url or None,  # v1.1 §14: the live session's
             **presence_fields(device),
         }
         for device in rows

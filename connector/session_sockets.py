@@ -24,20 +24,22 @@ from accounts.prepared import Prepared, insert, update
 from connector import groups, history
 from connector.callers import Caller
 from connector.conf import connector_settings
-from connector.errors import NotClaimHolder, SocketQuotaExceeded, UnknownEndpoint, UnknownSession
+from connector.errors import InvalidClient, NotClaimHolder, SocketQuotaExceeded, UnknownEndpoint, UnknownSession
 from connector.models import DeviceSession, DisconnectReason, SessionSocket
 from connector.sessions import Side, State, live_session_lock, session_lock
 
 
 @dataclass(frozen=True)
 class Attached:
-    """A socket's place after attaching: the socket it replaced, its peer, and the session."""
+    """A socket's place after attaching: the socket it replaced, its peer, and the session
+    (`holder`: its claim holder when the device socket attached, for held answers)."""
 
     session_id: str
     tsn: str
     replaced: str | None
     peer: str | None
     endpoints: list[str] = field(default_factory=list)
+    holder: int | None = None
 
 
 _slot_rows = Prepared(
@@ -69,12 +71,19 @@ def _take_slot(
 
 
 @transaction.atomic
-def device_socket_attach(*, session_id: str, device_id: int, endpoint: str, channel_name: str, node: str) -> Attached:
-    """A device socket connected (its JWT already verified for this session and device)."""
+def device_socket_attach(
+    *, session_id: str, device_id: int, endpoint: str, channel_name: str, node: str, fingerprint: str = ""
+) -> Attached:
+    """A device socket connected (its JWT already verified for this session and device).
+    A session registered by certificate wants that certificate on its sockets too
+    (`fingerprint`, the one the proxy verified, v1.1 §15): a leaked JWT alone is not the
+    terminal."""
     now = timezone.now()
     session = live_session_lock(session_id, now)
     if session.device_id != device_id:
         raise UnknownSession()
+    if session.registered_fingerprint and session.registered_fingerprint != fingerprint:
+        raise InvalidClient("This session registered with a client certificate: connect with the same certificate.")
     if endpoint not in session.endpoints:
         raise UnknownEndpoint()
     replaced, peer = _take_slot(
@@ -100,6 +109,7 @@ def device_socket_attach(*, session_id: str, device_id: int, endpoint: str, chan
         replaced=replaced,
         peer=peer,
         endpoints=list(session.endpoints),
+        holder=session.claimed_by_id,
     )
 
 

@@ -53,13 +53,14 @@ from connector.errors import (
     CLOSE_GONE,
     DeviceOffline,
     InvalidClient,
+    MtlsRequired,
     NotClaimed,
     SessionClaimed,
     SessionEnded,
     UnknownDevice,
     UnknownSession,
 )
-from connector.models import Device, DeviceSession, SessionSocket
+from connector.models import Device, DeviceCertificate, DeviceSession, SessionSocket
 from connector.selectors import (
     DEVICE_FIELDS,
     LIVE,
@@ -202,8 +203,11 @@ def new_session_id() -> str:
 _UNREAD = object()
 
 
-def device_register(*, caller: Caller, tsn: str, endpoints: list[str], now: datetime | None = None) -> Registration:
-    """Register a terminal: its live session (same id) or a new one, and a fresh JWT."""
+def device_register(
+    *, caller: Caller, tsn: str, endpoints: list[str], local_url: str = "", now: datetime | None = None
+) -> Registration:
+    """Register a terminal: its live session (same id) or a new one, and a fresh JWT;
+    `local_url` its own server on the shop's network (v1.1 §14), already validated."""
     device = device_find(principal=caller.principal, tsn=tsn)
     device_require_usable(device=device)
     now = now or timezone.now()
@@ -211,7 +215,12 @@ def device_register(*, caller: Caller, tsn: str, endpoints: list[str], now: date
     for _attempt in range(3):
         try:
             return _register(
-                caller=caller, device=device, endpoints=endpoints, now=now, live_session_id=live_session_id
+                caller=caller,
+                device=device,
+                endpoints=endpoints,
+                local_url=local_url,
+                now=now,
+                live_session_id=live_session_id,
             )
         except IntegrityError:
             # Another registration of the same device created its session between our
@@ -232,6 +241,9 @@ def _credential_still_holds(caller: Caller) -> bool:
         model, conditions = AccessToken, {"token_checksum": caller.token_checksum}
     elif caller.secret_hash is not None:
         model, conditions = Application, {"id": caller.application_id, "client_secret": caller.secret_hash}
+    elif caller.fingerprint:
+        # A certificate being removed (connector.certificates) is this registration's credential.
+        model, conditions = DeviceCertificate, {"fingerprint_sha256": caller.fingerprint}
     else:
         return True
     meta, quote = model._meta, connection.ops.quote_name
@@ -242,9 +254,25 @@ def _credential_still_holds(caller: Caller) -> bool:
         return cursor.fetchone() is not None
 
 
+def _mtls_required(device_id: int) -> bool:
+    """Does the device accept certificate registrations only (v1.1 §15)? Read in the
+    registration's transaction, after its session's lock, under a share lock on the device
+    row: `device_require_mtls_set` locks the sessions, then updates the row, so a credential
+    registration either reads the flag on, or commits first and has its session ended."""
+    quote = connection.ops.quote_name
+    lock = " FOR SHARE" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {quote('require_mtls')} FROM {quote(Device._meta.db_table)} WHERE {quote('id')} = %s{lock}",
+            [device_id],
+        )
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
 @transaction.atomic
 def _register(
-    *, caller: Caller, device: Device, endpoints: list[str], now: datetime, live_session_id: object
+    *, caller: Caller, device: Device, endpoints: list[str], local_url: str, now: datetime, live_session_id: object
 ) -> Registration:
     if not _credential_still_holds(caller):
         raise InvalidClient()
@@ -255,11 +283,16 @@ def _register(
     if live_session_id is not None:
         # Locked, and read again: it may have ended since (then it is a new session).
         session = _lock_live(live_session_id, now)
+    if not caller.fingerprint and _mtls_required(device.pk):
+        raise MtlsRequired()
     created = session is None
     if created:
-        session = DeviceSession(id=new_session_id(), device=device, endpoints=endpoints, jwt_expires_at=now)
+        session = DeviceSession(
+            id=new_session_id(), device=device, endpoints=endpoints, local_url=local_url, jwt_expires_at=now
+        )
     session.registered_by = caller.application_id
     session.registered_token = caller.token_checksum or ""
+    session.registered_fingerprint = caller.fingerprint
     token = tokens.device_token_issue(session_id=session.pk, device_id=device.pk, now=now.timestamp())
     session.jwt_expires_at = now + timedelta(seconds=token.expires_in)
     if created:
@@ -274,19 +307,21 @@ def _register(
             data={"session_id": session.pk, "endpoints": endpoints},
         )
     else:
-        _reregister(session=session, endpoints=endpoints, caller=caller)
+        _reregister(session=session, endpoints=endpoints, local_url=local_url, caller=caller)
     return Registration(
         session_id=session.pk, device_id=device.pk, tsn=device.tsn, endpoints=endpoints, token=token, created=created
     )
 
 
-def _reregister(*, session: DeviceSession, endpoints: list[str], caller: Caller) -> None:
+def _reregister(*, session: DeviceSession, endpoints: list[str], local_url: str, caller: Caller) -> None:
     changes = {
         "jwt_expires_at": session.jwt_expires_at,
         "endpoints": endpoints,
+        "local_url": local_url,  # the shop's network may have given the terminal another address
         # The session now stands on this registration's credential, not on the last one's.
         "registered_by": caller.application_id,
         "registered_token": caller.token_checksum or "",
+        "registered_fingerprint": caller.fingerprint,
     }
     if session.state == State.OFFLINE:
         # The terminal is back: it has a fresh JWT to connect with, and the registered
@@ -308,6 +343,7 @@ class Claim:
     endpoints: list[str]
     tsn: str
     taken_from: int | None = None
+    local_url: str = ""
 
 
 def session_claim(*, caller: Caller, tsn: str, force: bool = False, now: datetime | None = None) -> Claim:
@@ -348,7 +384,13 @@ def session_claim(*, caller: Caller, tsn: str, force: bool = False, now: datetim
     if session is None:
         raise DeviceOffline()
     taken_from = previous if previous != caller.application_id else None
-    return Claim(session_id=session.pk, endpoints=list(session.endpoints), tsn=device.tsn, taken_from=taken_from)
+    return Claim(
+        session_id=session.pk,
+        endpoints=list(session.endpoints),
+        tsn=device.tsn,
+        taken_from=taken_from,
+        local_url=session.local_url,
+    )
 
 
 def _still_reached(*, principal: Principal, device_id: int) -> bool:
@@ -392,6 +434,8 @@ def _claim_recorded(*, session: DeviceSession, tsn: str, previous: int | None, h
             holder_label=name,
             now=now,
         )
+        # The device sockets learn whom to hold their answers for (v1.1 §13, connector.relay.held).
+        groups.send_after_commit(groups.session_group(session.pk), {"type": "claim.changed", "holder": holder})
         return
     event = history.claim_changed(
         device_id=session.device_id,
@@ -562,6 +606,10 @@ def credential_claims_settle(*, application_id: int, session_ids: list[str]) -> 
                 if session.claimed_by_id == application_id and session.state != State.ENDED:
                     DeviceSession.objects.filter(pk=session.pk).update(claimed_by=None, claimed_at=None)
                     _released(session=session, holder=application_id, reason="credential_lost_access")
+                    groups.send_after_commit(
+                        groups.session_group(session.pk),
+                        {"type": "claim.released", "application_id": application_id, "code": CLOSE_GONE},
+                    )
 
 
 def _released(*, session: DeviceSession, holder: int, reason: str | None = None) -> None:

@@ -516,7 +516,7 @@ def env_seconds(name: str, default: float) -> float:
 
 
 # /metrics answers these addresses only (REMOTE_ADDR: the TCP peer, or the client's address that
-# uvicorn took from a proxy in FORWARDED_ALLOW_IPS; a request that came through a proxy is refused
+# portal.proxies took from a proxy in FORWARDED_ALLOW_IPS; a request that came through a proxy is refused
 # anyway), and, when METRICS_TOKEN is set, with `Authorization: Bearer <METRICS_TOKEN>`.
 # Proxies whose X-Forwarded-For/-Proto and client-certificate headers (v1.1 §15) are believed;
 # from any other peer they are ignored (portal.proxies, the outermost layer of portal.asgi).

@@ -4,7 +4,18 @@ from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path, reverse_lazy
 
-from portal.views import activation, applications, auth, devices, home, static, stores, webhooks
+from portal.views import (
+    activation,
+    applications,
+    auth,
+    certificates,
+    devices,
+    home,
+    static,
+    stores,
+    team,
+    webhooks,
+)
 
 app_name = "portal"
 
@@ -82,11 +93,19 @@ portal_patterns = [
     path("applications/<int:pk>/delete/", applications.application_delete, name="application_delete"),
     path("devices/", devices.device_list, name="device_list"),
     path("devices/rows/", devices.device_rows, name="device_rows"),
+    path("devices/export.csv", devices.device_export, name="device_export"),
     path("devices/<int:pk>/", devices.device_detail, name="device_detail"),
     path("devices/<int:pk>/state/", devices.device_state_fragment, name="device_state"),
     path("devices/<int:pk>/timeline/", devices.device_timeline_fragment, name="device_timeline"),
     path("devices/<int:pk>/cloud-connector/<str:action>/", devices.device_switch, name="device_switch"),
     path("devices/<int:pk>/end-session/", devices.device_session_end_view, name="device_session_end"),
+    path("devices/<int:pk>/certificates/new/", certificates.certificate_enrol, name="certificate_enrol"),
+    path(
+        "devices/<int:pk>/certificates/<int:certificate_pk>/remove/",
+        certificates.certificate_remove,
+        name="certificate_remove",
+    ),
+    path("devices/<int:pk>/require-mtls/<str:action>/", certificates.require_mtls, name="require_mtls"),
     path("webhooks/", webhooks.webhook_list, name="webhook_list"),
     path("webhooks/new/", webhooks.webhook_create, name="webhook_create"),
     path("webhooks/<int:pk>/", webhooks.webhook_detail, name="webhook_detail"),
@@ -94,9 +113,16 @@ portal_patterns = [
     path("webhooks/<int:pk>/rotate/", webhooks.webhook_rotate, name="webhook_rotate"),
     path("webhooks/<int:pk>/delete/", webhooks.webhook_delete, name="webhook_delete"),
     path("webhooks/<int:pk>/deliveries/<int:delivery_pk>/retry/", webhooks.webhook_retry, name="webhook_retry"),
+    path("team/", team.team_list, name="team_list"),
+    path("team/invite/", team.team_invite, name="team_invite"),
+    path("team/<int:pk>/", team.team_member, name="team_member"),
+    path("team/<int:pk>/role/", team.team_member_role, name="team_member_role"),
+    path("team/<int:pk>/link/", team.team_member_link, name="team_member_link"),
+    path("team/<int:pk>/<str:action>/", team.team_member_switch, name="team_member_switch"),
 ]
 
 static_patterns = [
+    path("favicon.ico", static.favicon, name="favicon"),
     re_path(rf"^{settings.STATIC_URL.strip('/')}/(?P<path>.+)$", static.static_asset, name="static_asset"),
 ]
 

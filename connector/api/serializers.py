@@ -289,6 +289,12 @@ class DeviceSerializer(ParentFixedMixin, serializers.Serializer):
     )
     tsn = serializers.CharField(read_only=True, help_text="The terminal serial number `{make}-{model}-{serial}`.")
     enabled = StrictBooleanField(required=False, default=True)
+    require_mtls = StrictBooleanField(
+        required=False,
+        help_text="The device registers only with an enrolled client certificate (v1.1 §15); credential "
+        "registrations answer 403 mtls_required. Turning it on closes the device's sockets registered "
+        "with a credential (4410). Merchant administrators and above.",
+    )
     provisioned = serializers.BooleanField(read_only=True)
     cloud_connector_active = serializers.BooleanField(
         read_only=True, source="device_active", help_text="Cloud Connector is activated for the device itself."

@@ -9,6 +9,7 @@ the audit log; domain errors become HTTP answers in connector/api/errors.py.
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_not_required
+from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -26,10 +27,11 @@ from accounts import scope
 from accounts import services as accounts
 from accounts.permissions import Kind, activation_kind
 from accounts.scope import NOBODY, Principal
-from connector import selectors
+from connector import certificates, selectors
 from connector import services as connector
 from connector.api import filters
 from connector.api import serializers as s
+from connector.api.certificates import CertificatesMixin
 from connector.api.history import ConnectionHistoryMixin
 from connector.api.parsers import StrictJSONParser
 from connector.api.permissions import ProvisioningAccess, principal_of
@@ -398,9 +400,10 @@ class ApplicationViewSet(ReadMixin, WriteMixin, RotateSecretMixin, ScopedViewSet
 
 @crud_schema(s.DeviceSerializer, "device", write_description=SERIAL_RULE, write_responses={429: SERIAL_RATE_LIMITED})
 @extend_schema(tags=["devices"])
-class DeviceViewSet(ReadMixin, WriteMixin, ActivationMixin, ConnectionHistoryMixin, ScopedViewSet):
+class DeviceViewSet(ReadMixin, WriteMixin, ActivationMixin, ConnectionHistoryMixin, CertificatesMixin, ScopedViewSet):
     """Payment terminals. PATCH `{"enabled": false}` disables one and ends its live session;
-    `connections/` is its connection history."""
+    `connections/` is its connection history; `certificates/` its client certificates, and
+    `require_mtls` whether it registers only with one (v1.1 §15)."""
 
     activation_target = "device"
 
@@ -411,8 +414,9 @@ class DeviceViewSet(ReadMixin, WriteMixin, ActivationMixin, ConnectionHistoryMix
     def scoped(self, principal: Principal) -> QuerySet:
         return connector.devices_with_activation(selectors.devices_in_scope(principal=principal)).order_by("id")
 
+    @transaction.atomic
     def perform_create(self, data: dict):
-        return connector.device_create(
+        device = connector.device_create(
             merchant=data["merchant"],
             store=data["store"],
             make=data["make"],
@@ -421,8 +425,15 @@ class DeviceViewSet(ReadMixin, WriteMixin, ActivationMixin, ConnectionHistoryMix
             enabled=data.get("enabled", True),
             actor=self.principal,
         )
+        if data.get("require_mtls"):
+            certificates.device_require_mtls_set(device=device, require=True, actor=self.principal)
+        return device
 
+    @transaction.atomic
     def perform_update(self, instance, data: dict) -> None:
+        # require_mtls first: device_update saves the instance, which carries the new flag.
+        if "require_mtls" in data and data["require_mtls"] != instance.require_mtls:
+            certificates.device_require_mtls_set(device=instance, require=data["require_mtls"], actor=self.principal)
         changes = {key: data[key] for key in ("store", "make", "model", "serial", "enabled") if key in data}
         if changes:
             connector.device_update(device=instance, actor=self.principal, **changes)

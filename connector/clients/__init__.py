@@ -5,6 +5,7 @@ No Django here: only `websockets` and the standard library.
 """
 
 from connector.clients.common import ClientError, CloseReport, ControlError, SocketClosed
+from connector.clients.failover import FailoverSession, NoPath, Switch
 from connector.clients.pos import (
     AccessToken,
     Claim,
@@ -34,6 +35,7 @@ __all__ = [
     "ControlError",
     "DeviceStatus",
     "Event",
+    "FailoverSession",
     "PosClient",
     "Registration",
     "RegistrationRefused",
@@ -43,6 +45,8 @@ __all__ = [
     "TerminalStopped",
     "TokenRefused",
     "echo",
+    "NoPath",
+    "Switch",
     "fetch_token",
     "fetch_token_sync",
     "register",

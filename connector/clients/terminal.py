@@ -19,6 +19,7 @@ import contextlib
 import inspect
 import json
 import logging
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from connector.clients.common import (
 
 # Re-exported: it was defined here before the POS client needed it too, and callers import it from here.
 from connector.clients.common import backoff_delay as backoff_delay
+from connector.clients.local_server import LocalServer
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +138,19 @@ class Registration:
             raise ProtocolViolation(f"registration answer without {exc}: {dict(resource)}") from None
 
 
+def client_certificate_context(certfile: str, keyfile: str, *, cafile: str | None = None) -> ssl.SSLContext:
+    """A TLS context that presents the terminal's client certificate (v1.1 §15: registered
+    by certificate, no client id or secret), for `connect_kwargs={"ssl": ...}`. The server
+    is verified against `cafile`, or the system's trust (and SSL_CERT_FILE). Raises
+    ClientError when the files cannot be read or the key does not match the certificate."""
+    context = ssl.create_default_context(cafile=cafile)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ClientError(f"cannot use the client certificate {certfile} with key {keyfile}: {exc}") from None
+    return context
+
+
 def registration_request(
     *,
     tsn: str,
@@ -144,12 +159,16 @@ def registration_request(
     client_secret: str | None,
     as_string: bool = False,
     flow_id: str = "1",
+    local_url: str | None = None,
 ) -> dict[str, Any]:
     """The registration request of §3; `as_string` sends the credentials as a terminal's
-    configuration file writes them (a string holding the JSON object)."""
+    configuration file writes them (a string holding the JSON object); `local_url` the
+    terminal's own server on the shop's network (v1.1 §14)."""
     resource: dict[str, Any] = {"tsn": tsn}
     if endpoints is not None:
         resource["endpoints"] = list(endpoints)
+    if local_url is not None:
+        resource["local_url"] = local_url
     if client_id is not None or client_secret is not None:
         data = {"client_id": client_id, "client_secret": client_secret}
         resource["custom_registration_data"] = json.dumps(data) if as_string else data
@@ -167,11 +186,17 @@ async def register(
     as_string: bool = False,
     timeout: float = 10,
     connect_kwargs: Mapping[str, Any] | None = None,
+    local_url: str | None = None,
 ) -> Registration:
     """Steps 1–3: one registration on the device-listener. Raises RegistrationRefused with
     the server's error, SocketClosed when the server closes without an answer."""
     request = registration_request(
-        tsn=tsn, endpoints=endpoints, client_id=client_id, client_secret=client_secret, as_string=as_string
+        tsn=tsn,
+        endpoints=endpoints,
+        client_id=client_id,
+        client_secret=client_secret,
+        as_string=as_string,
+        local_url=local_url,
     )
     headers = bearer_header(token) if token else None
     listener = websocket_base(url) + DEVICE_LISTENER_PATH
@@ -209,6 +234,10 @@ class SimulatedTerminal:
       counted until a connection is served and lost other than by a 1013;
       `max_attempts` consecutive failures stop it (None: never). A 1013 never does.
     - `attempts` counts the registrations tried, `sheds` the 1013 closes seen.
+    - `local_port` (v1.1 §14): registers `local_url` ws://`local_host`:`local_port` and,
+      while the cloud link is down, serves its endpoints there itself
+      (connector.clients.local_server), with the same script; back on the cloud, it closes
+      the local server (1001), which tells a POS on the local network to return.
     """
 
     def __init__(
@@ -231,6 +260,8 @@ class SimulatedTerminal:
         on_registered: Callable[[Registration], None] | None = None,
         on_retry: Callable[[str, float], None] | None = None,
         connect_kwargs: Mapping[str, Any] | None = None,
+        local_port: int | None = None,
+        local_host: str = "127.0.0.1",
     ) -> None:
         self.url = websocket_base(url)
         self.tsn = tsn
@@ -262,6 +293,11 @@ class SimulatedTerminal:
         self._may_connect.set()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self.local: LocalServer | None = None
+        if local_port is not None:
+            self.local = LocalServer(
+                host=local_host, port=local_port, endpoints=self.endpoints or ["/"], answer=self._answer_local
+            )
 
     # -- public ----------------------------------------------------------------------
 
@@ -319,6 +355,8 @@ class SimulatedTerminal:
         self._stopping = True
         for ws in list(self._sockets.values()):
             await ws.close(1000, "terminal stopping")
+        if self.local is not None:
+            await self.local.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, ClientError):
@@ -339,8 +377,12 @@ class SimulatedTerminal:
         self._may_connect.set()
 
     async def send(self, endpoint: str, frame: Frame) -> None:
-        """Send a frame of the terminal's own to the POS on `endpoint` (step 11)."""
+        """Send a frame of the terminal's own to the POS on `endpoint` (step 11); to the POS
+        on the local network while the cloud is down and one is connected there."""
         ws = self._sockets.get(endpoint)
+        if ws is None and self.local is not None and endpoint in self.local.connections:
+            await self.local.send(endpoint, frame)
+            return
         if ws is None:
             raise SocketClosed(f"device socket {endpoint}", None, "not connected")
         try:
@@ -385,6 +427,7 @@ class SimulatedTerminal:
                     failures = 0
             if self._stopping:
                 return
+            await self._serve_locally()
             failures += 1
             if self.max_attempts is not None and failures > self.max_attempts:
                 raise TerminalStopped(f"gave up after {self.max_attempts} attempts; last: {why}")
@@ -412,6 +455,7 @@ class SimulatedTerminal:
             token=self.token,
             as_string=self.registration_data_as_string,
             connect_kwargs=self.connect_kwargs,
+            local_url=self.local.url if self.local is not None else None,
         )
         self.registration = registration
         self.registrations += 1
@@ -433,6 +477,8 @@ class SimulatedTerminal:
         self._sockets = sockets
         readers = {asyncio.create_task(self._answer_all(e, ws), name=f"{self.tsn} {e}"): e for e, ws in sockets.items()}
         self._online.set()
+        if self.local is not None:
+            await self.local.stop()  # back on the cloud: the local POS returns there
         try:
             done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -470,6 +516,23 @@ class SimulatedTerminal:
                     self.on_frame(endpoint, frame, answer)
                 if answer is not None:
                     await ws.send(answer)
+
+    async def _serve_locally(self) -> None:
+        """The cloud link is down: serve the endpoints on the local network meanwhile."""
+        if self.local is None or self.local.serving:
+            return
+        try:
+            await self.local.start()
+        except OSError as exc:
+            logger.warning("%s: cannot serve locally on %s: %s", self.tsn, self.local.url, exc)
+
+    async def _answer_local(self, endpoint: str, frame: Frame) -> Answer:
+        if self.record:
+            self.inbox.setdefault(endpoint, asyncio.Queue()).put_nowait(frame)
+        answer = await self._answer(endpoint, frame)
+        if self.on_frame is not None:
+            self.on_frame(endpoint, frame, answer)
+        return answer
 
     async def _answer(self, endpoint: str, frame: Frame) -> Answer:
         script = self.responder

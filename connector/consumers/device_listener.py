@@ -8,7 +8,7 @@ import logging
 
 from accounts.credentials import bearer_from_header
 from accounts.errors import DomainError
-from connector import callers, errors, limiter, metrics, protocol, registrations, sessions
+from connector import callers, certificates, errors, limiter, metrics, protocol, registrations, sessions
 from connector.conf import connector_settings
 from connector.consumers.base import BaseConsumer, db
 from connector.protocol import Close
@@ -18,14 +18,17 @@ from connector.relay.tasks import spawn
 logger = logging.getLogger(__name__)
 
 
-async def _answer_registration(*, text: str | None, bearer: str | None, address: str, base_url: str) -> str:
+async def _answer_registration(
+    *, text: str | None, bearer: str | None, address: str, base_url: str, fingerprint: str = ""
+) -> str:
     """Answer one registration request: one database call when the client's secret matched
     a moment ago (callers.secret_remembered), or with an access token. Otherwise the
     secret check, a PBKDF2 run, happens in a worker thread of its own between two calls,
     so that a fleet of terminals registering at once does not stall attaches and claims.
     Only credential failures (invalid_client) count towards 429, per client id and address
     (see sessions, "failed registrations"); a limited client id hears 429 before its
-    secret is checked."""
+    secret is checked. `fingerprint`: the client certificate the TLS proxy verified (v1.1
+    §15), which registers its device without credentials."""
     flow_id = None
     credentials = None
     tsn = None
@@ -36,12 +39,21 @@ async def _answer_registration(*, text: str | None, bearer: str | None, address:
             resource = request.resource
             tsn = protocol.parse_tsn(resource.get("tsn"))
             endpoints = protocol.validate_endpoints(resource.get("endpoints"))
+            local_url = protocol.parse_local_url(resource.get("local_url"))
             credentials = protocol.parse_registration_data(resource.get("custom_registration_data"))
-            if credentials is None and bearer is None:
+            if credentials is None and bearer is None and not fingerprint:
                 raise protocol.ProtocolError(
                     "No credentials: send custom_registration_data or an Authorization header."
                 )
-            registration = await _register(credentials, bearer, address=address, tsn=tsn, endpoints=endpoints)
+            registration = await _register(
+                credentials,
+                bearer,
+                address=address,
+                tsn=tsn,
+                endpoints=endpoints,
+                local_url=local_url,
+                fingerprint=fingerprint,
+            )
         except DomainError as error:
             if isinstance(error, protocol.ProtocolError) and error.flow_id is not None:
                 flow_id = error.flow_id
@@ -80,11 +92,35 @@ async def _answer_registration(*, text: str | None, bearer: str | None, address:
 
 
 async def _register(
-    credentials: protocol.ClientCredentials | None, bearer: str | None, *, address: str, tsn: str, endpoints: list[str]
+    credentials: protocol.ClientCredentials | None,
+    bearer: str | None,
+    *,
+    address: str,
+    tsn: str,
+    endpoints: list[str],
+    local_url: str = "",
+    fingerprint: str = "",
 ) -> sessions.Registration:
+    if fingerprint:
+        registration = await db(
+            registrations.device_register_with_certificate,
+            address=address,
+            fingerprint=fingerprint,
+            tsn=tsn,
+            endpoints=endpoints,
+            local_url=local_url,
+            credentials_given=credentials is not None or bearer is not None,
+        )
+        if registration is not None:
+            return registration
     if credentials is None:
         return await db(
-            registrations.device_register_with_token, address=address, raw_token=bearer, tsn=tsn, endpoints=endpoints
+            registrations.device_register_with_token,
+            address=address,
+            raw_token=bearer,
+            tsn=tsn,
+            endpoints=endpoints,
+            local_url=local_url,
         )
     secret = credentials.client_secret
     outcome = await db(
@@ -94,13 +130,21 @@ async def _register(
         client_secret=secret,
         tsn=tsn,
         endpoints=endpoints,
+        local_url=local_url,
     )
     if isinstance(outcome, sessions.Registration):
         return outcome
     record = outcome.record
     secret_ok = await asyncio.to_thread(callers.secret_matches, secret, record.stored_secret if record else None)
     caller = callers.record_caller(record, secret_ok=secret_ok)
-    return await db(registrations.device_register_checked, address=address, caller=caller, tsn=tsn, endpoints=endpoints)
+    return await db(
+        registrations.device_register_checked,
+        address=address,
+        caller=caller,
+        tsn=tsn,
+        endpoints=endpoints,
+        local_url=local_url,
+    )
 
 
 class DeviceListenerConsumer(BaseConsumer):
@@ -144,7 +188,11 @@ class DeviceListenerConsumer(BaseConsumer):
         bearer = bearer_from_header(self.header(b"authorization"))
         try:
             response = await _answer_registration(
-                text=text, bearer=bearer, address=self.client_address(), base_url=self.public_base_url()
+                text=text,
+                bearer=bearer,
+                address=self.client_address(),
+                base_url=self.public_base_url(),
+                fingerprint=certificates.presented_fingerprint(self.scope.get("headers", [])),
             )
         finally:
             self.release_admission()

@@ -67,6 +67,7 @@ def _pos_request(*, text: str | None, raw_token: str, base_url: str) -> str | De
                 session_url=protocol.session_url(base_url, claim.session_id),
                 endpoints=claim.endpoints,
                 tsn=claim.tsn,
+                local_url=claim.local_url or None,
             )
         if action == "release":
             session_id = protocol.parse_session_id(request.resource)

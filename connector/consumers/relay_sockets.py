@@ -12,13 +12,13 @@ from channels.exceptions import ChannelFull
 
 from accounts.credentials import bearer_from_header
 from accounts.errors import DomainError
-from connector import groups, metrics, nodes, protocol, session_sockets, sessions, tokens
+from connector import certificates, groups, metrics, nodes, protocol, session_sockets, sessions, tokens
 from connector.conf import connector_settings
 from connector.consumers.base import BaseConsumer, db
 from connector.consumers.pos_listener import PosCaller
 from connector.models import DisconnectReason
 from connector.protocol import Close
-from connector.relay import servers
+from connector.relay import held, servers
 from connector.relay.broker import LayerUnavailable
 from connector.relay.registry import NODE, Counter, RelaySocket, notify, registry
 
@@ -52,6 +52,9 @@ class RelayConsumer(BaseConsumer):
         self.drop_reason: str | None = None
         # A frame or a pong came since the last `last_seen_at` write (connector.history.seen_write).
         self.heard = False
+        # Device frames kept for the claim holder's absent POS (connector.relay.held); always
+        # None on a POS socket.
+        self.held: held.Held | None = None
 
     async def websocket_connect(self, message: dict) -> None:
         servers.server_socket_tune(self, max_message=self.max_size)
@@ -183,14 +186,17 @@ class RelayConsumer(BaseConsumer):
             self.drop_reason = None
             self.relayed(size)
             return
-        await self.undeliverable()
+        await self.undeliverable(out, size)
 
     def relayed(self, size: int) -> None:
         """Count a frame of `size` bytes handed to the peer (connector.metrics.frames)."""
         raise NotImplementedError
 
-    async def forward(self, out: dict) -> bool:
-        """Hand a frame to the known peer: in process, or through the channel layer."""
+    async def forward(self, out: dict, *, after_held: bool = False) -> bool:
+        """Hand a frame to the known peer: in process, or through the channel layer; after
+        the frames held for it, if any (`after_held`: those are being handed over)."""
+        if self.held is not None and not after_held:
+            return await held.forward_after_held(self, out)
         peer = self.peer_local
         if peer is not None:
             if not peer.closed:
@@ -274,7 +280,7 @@ class RelayConsumer(BaseConsumer):
         await self.base_send(out)
         return True
 
-    async def undeliverable(self) -> None:
+    async def undeliverable(self, out: dict, size: int) -> None:
         raise NotImplementedError
 
     async def reassert(self) -> None:
@@ -368,6 +374,9 @@ class DeviceSocketConsumer(RelayConsumer):
             await self.refuse(Close.UNAUTHENTICATED)
             return
         self.device_id = claims.device_id
+        self.holder: int | None = None  # the claim holder, as the session group tells it
+        self.holder_told = False  # a claim event came: newer than the attach's read
+        self.drops_unreported = 0  # frames dropped past the held bounds, not yet told (held.dropped)
         # Pongs count as signs of life (`last_seen_at`), as frames do.
         servers.watch_pongs(self.base_send, self.pong_heard)
         await self.attach(
@@ -375,10 +384,35 @@ class DeviceSocketConsumer(RelayConsumer):
             session_sockets.device_socket_attach,
             (groups.session_group(session_id),),
             device_id=claims.device_id,
+            fingerprint=certificates.presented_fingerprint(self.scope.get("headers", [])),
         )
 
     def pong_heard(self) -> None:
         self.heard = True
+
+    async def attached_to(self, place: session_sockets.Attached) -> None:
+        if not self.holder_told:
+            self.holder = place.holder
+        await super().attached_to(place)
+
+    def set_peer(self, channel: str | None) -> None:
+        super().set_peer(channel)
+        if channel is not None and self.held is not None:
+            held.peer_known(self)
+
+    async def claim_changed(self, message: dict) -> None:
+        held.claim_moved(self, message["holder"])
+
+    async def claim_released(self, message: dict) -> None:
+        held.claim_moved(self, None)
+
+    async def session_end(self, message: dict) -> None:
+        held.discard(self)
+        await super().session_end(message)
+
+    async def disconnect(self, code: int) -> None:
+        held.discard(self)  # before the counters are taken: the terminal is gone, so are its answers
+        await super().disconnect(code)
 
     async def device_ping(self, message: dict) -> None:
         """A listener's `ping` (v1.1 §12): a WebSocket ping to the terminal now; the round
@@ -411,10 +445,13 @@ class DeviceSocketConsumer(RelayConsumer):
         metrics.frames.to_pos += 1
         metrics.frames.bytes_to_pos += size
 
-    async def undeliverable(self) -> None:
+    async def undeliverable(self, out: dict, size: int) -> None:
+        reason, self.drop_reason = self.drop_reason, None
+        # v1.1 §13: held for the claim holder while its POS has no socket here.
+        if held.hold(self, out, size):
+            return
         # §7: nobody listens on this endpoint; the terminal's own protocol notices.
         self.counter.dropped += 1
-        reason, self.drop_reason = self.drop_reason, None
         if reason == "slow_peer":
             metrics.frames.dropped_slow_peer += 1
         elif reason == "channel_layer":
@@ -448,7 +485,7 @@ class PosSessionConsumer(PosCaller, RelayConsumer):
         metrics.frames.to_device += 1
         metrics.frames.bytes_to_device += size
 
-    async def undeliverable(self) -> None:
+    async def undeliverable(self, out: dict, size: int) -> None:
         # §7: a POS frame is never dropped silently (socket_closes_total{code="4503"}).
         self.drop_reason = None
         await self.close_socket(Close.PEER_UNAVAILABLE)

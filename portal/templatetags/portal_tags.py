@@ -33,6 +33,7 @@ NAV = [
     ("devices", "Devices", "portal:device_list", Level.MERCHANT),
     ("cloud_connector", "Cloud Connector", "portal:cloud_connector", Level.MERCHANT),
     ("webhooks", "Webhooks", "portal:webhook_list", Level.MERCHANT),
+    ("team", "Team", "portal:team_list", Level.MERCHANT),
 ]
 
 

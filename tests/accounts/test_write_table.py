@@ -36,8 +36,8 @@ from accounts.models import (
 )
 from accounts.permissions import WRITE_LEVEL, Kind, activation_kind
 from accounts.scope import SYSTEM, Level, Principal
+from connector import certificates, webhook_endpoints
 from connector import services as connector_services
-from connector import webhook_endpoints
 from connector.api import views as api_views
 from connector.api import webhooks as api_webhooks
 from connector.api.permissions import ProvisioningAccess
@@ -158,6 +158,9 @@ SERVICE_WRITES: dict[Kind, Callable[[Tree, Principal], object]] = {
     Kind.WEBHOOK_ENDPOINT: lambda t, actor: webhook_endpoints.webhook_endpoint_create(
         merchant=t.merchant, url="https://hooks.example.com/new", events=["device.offline"], actor=actor
     ),
+    Kind.DEVICE_CERTIFICATE: lambda t, actor: certificates.device_require_mtls_set(
+        device=t.device, require=True, actor=actor
+    ),
 }
 
 
@@ -211,6 +214,8 @@ API_WRITES: dict[tuple[type, str], Kind] = {
         for action in ("cloud_connector", "cloud_connector_deactivate")
     },
     (api_views.DeviceSessionViewSet, "destroy"): Kind.DEVICE_SESSION,
+    (api_views.DeviceViewSet, "certificates_enrol"): Kind.DEVICE_CERTIFICATE,
+    (api_views.DeviceViewSet, "certificate"): Kind.DEVICE_CERTIFICATE,
     **{
         (api_webhooks.WebhookEndpointViewSet, action): Kind.WEBHOOK_ENDPOINT
         for action in ("create", "update", "partial_update", "destroy", "rotate_secret", "retry")
@@ -282,6 +287,8 @@ PORTAL_WRITES = [
     PortalWrite("portal:application_delete", lambda t: [t.app.pk], Kind.CLOUD_APPLICATION, Level.MERCHANT_AGGREGATOR),
     PortalWrite("portal:device_session_end", lambda t: [t.device.pk], Kind.DEVICE_SESSION),
     PortalWrite("portal:device_switch", lambda t: [t.device.pk, "activate"], Kind.DEVICE_ACTIVATION),
+    PortalWrite("portal:certificate_enrol", lambda t: [t.device.pk], Kind.DEVICE_CERTIFICATE),
+    PortalWrite("portal:require_mtls", lambda t: [t.device.pk, "on"], Kind.DEVICE_CERTIFICATE),
     PortalWrite("portal:merchant_switch", lambda t: [t.merchant.pk, "activate"], Kind.MERCHANT_ACTIVATION),
     PortalWrite("portal:aggregator_switch", lambda t: [t.ma.pk, "activate"], Kind.MERCHANT_AGGREGATOR_ACTIVATION),
     PortalWrite("portal:webhook_create", lambda t: [], Kind.WEBHOOK_ENDPOINT, Level.MERCHANT),

@@ -395,6 +395,7 @@ async def test_a_claim_answers_with_the_session_url(world):
         "session_url": f"ws://testserver/cloud-connector/v1/session/{session_id}",
         "endpoints": ["/upp"],
         "tsn": world.device.tsn,
+        "local_url": None,  # v1.1 §14: the terminal registered none
     }
     assert await listener.claim(world.device.tsn) == claim
     await listener.close()
@@ -457,6 +458,7 @@ async def test_devices_lists_the_tokens_scope(world):
             "claimed": True,
             "claimed_by_you": True,
             "session_id": registration["session_id"],
+            "local_url": None,
             "online_since": since,
             "offline_since": None,
             "last_seen_at": since,

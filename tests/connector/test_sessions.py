@@ -464,6 +464,7 @@ def test_devices_lists_the_scope_with_online_and_claims(world):
         "claimed": True,
         "claimed_by_you": False,
         "session_id": registration.session_id,
+        "local_url": None,  # v1.1 §14: the terminal registered none
         # v1.1 §11: presence beside the v1 fields.
         "online_since": online_since,
         "offline_since": None,

@@ -5,6 +5,14 @@
 
 It registers, opens one socket per endpoint, prints every request and the answer it
 sends, comes back after a loss, and stops on Ctrl-C (closing its sockets with 1000).
+
+With `--local-port N` it registers `local_url` ws://127.0.0.1:N (`--local-host` for another
+address of the shop's network) and serves its endpoints there while its cloud link is down,
+for `pos_client --fallback` (docs/protocol.md, "Loss of connection, end to end").
+
+With `--cert terminal.pem --key terminal.key` (and a wss:// or https:// URL) every socket
+presents that client certificate: enrolled for the device, it registers without
+`--client-id`/`--client-secret` (v1.1 §15, docs/deploy.md "Device certificates").
 """
 
 from __future__ import annotations
@@ -15,8 +23,14 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from connector.clients.common import ClientError, CloseReport, Frame, preview
-from connector.clients.terminal import Registration, SimulatedTerminal, echo, upp_answer
+from connector.clients.common import ClientError, CloseReport, Frame, preview, websocket_base
+from connector.clients.terminal import (
+    Registration,
+    SimulatedTerminal,
+    client_certificate_context,
+    echo,
+    upp_answer,
+)
 
 RESPONDERS = {"upp": upp_answer, "echo": echo}
 
@@ -42,13 +56,25 @@ class Command(BaseCommand):
             "--as-string", action="store_true", help="send custom_registration_data as a JSON string, as a PBT file"
         )
         parser.add_argument("--max-delay", type=float, default=30.0, help="bound of the reconnection backoff (s)")
+        parser.add_argument(
+            "--local-port", type=int, metavar="N", help="serve the endpoints on this port while the cloud is down"
+        )
+        parser.add_argument("--local-host", default="127.0.0.1", help="address of the local server (default 127.0.0.1)")
+        parser.add_argument(
+            "--cert", metavar="PEM", help="client certificate to present (mTLS: registers without credentials)"
+        )
+        parser.add_argument("--key", metavar="PEM", help="the client certificate's private key")
 
     def handle(self, *args: Any, **options: Any) -> None:
         has_credentials = bool(options["client_id"] and options["client_secret"])
-        if not has_credentials and not options["token"]:
-            raise CommandError("give --client-id and --client-secret, or --token")
+        if bool(options["cert"]) != bool(options["key"]):
+            raise CommandError("give --cert and --key together")
+        if not has_credentials and not options["token"] and not options["cert"]:
+            raise CommandError("give --client-id and --client-secret, --token, or --cert and --key")
         if options["max_delay"] <= 0:
             raise CommandError("--max-delay must be positive")
+        if options["local_port"] is not None and not 0 < options["local_port"] < 65536:
+            raise CommandError("--local-port must be between 1 and 65535")
         # The command prints what happens itself; the library's own log would say it twice.
         logging.getLogger("connector.clients").setLevel(logging.WARNING)
         try:
@@ -77,7 +103,18 @@ class Command(BaseCommand):
             on_frame=self.frame,
             on_close=self.closed,
             on_retry=self.retry,
+            local_port=options["local_port"],
+            local_host=options["local_host"],
+            connect_kwargs=self.tls(options),
         )
+
+    def tls(self, options: dict[str, Any]) -> dict[str, Any]:
+        """With --cert and --key: every socket presents the client certificate (v1.1 §15)."""
+        if not options["cert"]:
+            return {}
+        if not websocket_base(options["url"]).startswith("wss://"):
+            raise CommandError("a client certificate needs a TLS URL (wss:// or https://)")
+        return {"ssl": client_certificate_context(options["cert"], options["key"])}
 
     async def serve(self, terminal: SimulatedTerminal) -> None:
         try:
