@@ -1,7 +1,7 @@
 """Cloud Connector benchmarks, next to plain relays measured in the same run.
 
     make bench     (or: .venv/bin/python bench/run.py [--seconds 5]
-                        [--parts frame,cross,one,control,storm,held] [--terminals 5000] [--live 1000]
+                        [--parts frame,cross,one,control,storm,held,presence] [--terminals 5000] [--live 1000]
                         [--control 400] [--storm-terminals 5000] [--storm-claims 200] [--no-write])
 
 Needs PostgreSQL and Redis (`make bench` starts them when they are down): BENCH_DATABASE_URL
@@ -25,6 +25,11 @@ Parts:
   how long until every one is back, with its claims).
 - `held`: see bench/held.py (the frame path's CPU per round trip with and without the test the
   held answers of v1.1 §13 add to it, when nothing is held).
+- `presence`: see bench/presence.py (`--presence-terminals` idle terminals, the cost of keeping
+  their `last_seen_at` current: presence writes on and off over the same window).
+
+The portal's figures (issue 17) come from bench/portal.py, run on its own: it builds an estate of
+its own (10,000 devices in one merchant) and records its section itself.
 
 Prints each table and the targets (issues 6 and 13) with what was measured, and writes them into
 the marked sections of docs/benchmarks.md with the machine, the versions and the date.
@@ -42,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import control  # noqa: E402
 import held  # noqa: E402
+import presence  # noqa: E402
 import scale  # noqa: E402
 import storm  # noqa: E402
 from common import (  # noqa: E402
@@ -66,7 +72,7 @@ from common import (  # noqa: E402
 from cpu import CpuMeter  # noqa: E402
 from loadgen import Result, round_trips  # noqa: E402
 
-ALL_PARTS = ("frame", "cross", "one", "control", "storm", "held")
+ALL_PARTS = ("frame", "cross", "one", "control", "storm", "held", "presence")
 SCENARIOS = [(1, 100), (50, 100), (1, 16384), (50, 16384)]
 FRAME_TARGETS = [*PLAIN_RELAYS, *ASGI_SERVERS]
 FRAME_LABELS = {**PLAIN_RELAYS, **ASGI_SERVERS}
@@ -270,6 +276,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per round-trip scenario")
     parser.add_argument("--parts", default=",".join(ALL_PARTS))
+    parser.add_argument("--presence-terminals", type=int, default=5000, help="idle terminals in the presence part")
     parser.add_argument("--terminals", type=int, default=5000, help="idle terminals for the memory figure")
     parser.add_argument("--live", type=int, default=1000, help="live sessions while devices are disabled")
     parser.add_argument("--control", type=int, default=400, help="registrations and sessions in the control part")
@@ -283,6 +290,7 @@ def main() -> None:
     devices = FRAME_DEVICES + scale.devices_needed(args.terminals, args.live)
     devices += (2 * args.control + 20) * ("control" in parts) + args.storm_terminals * ("storm" in parts)
     devices += held.TERMINALS * ("held" in parts)
+    devices += args.presence_terminals * ("presence" in parts)
     demo = fresh_backends(devices=devices)
     tsns = Tsns(demo)
     header = [
@@ -335,6 +343,14 @@ def main() -> None:
             "### Held answers: the frame path when nothing is held (one uvicorn worker)",
             "",
             *held.held_table(held_result),
+        ]
+    if "presence" in parts:
+        print(f"presence: {args.presence_terminals} idle terminals, last_seen_at written or not...", flush=True)
+        presence_result = presence.presence(demo, tsns, args.presence_terminals, presence.DEFAULT_WINDOW)
+        sections["presence"] = [
+            f"### Presence: {args.presence_terminals:,} idle terminals on one uvicorn worker",
+            "",
+            *presence.presence_table(presence_result),
         ]
     rows = targets(frame, cross, one, control_plane, storm_result)
     sections = {"targets": ["### Targets", "", *header, "", *targets_table(rows)], **sections}
