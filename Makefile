@@ -58,8 +58,7 @@ test: install-dev
 # Refresh docs/screenshots/ from the browser tests; `make test` writes them to temporary folders.
 screenshots: install-dev
 	@test -x /usr/bin/chromium || { echo "Chromium is needed at /usr/bin/chromium (apt-get install -y chromium)"; exit 1; }
-	SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(PY) -m pytest -p no:cacheprovider tests/portal/test_browser.py \
-		tests/portal/test_browser_team.py tests/portal/test_browser_devices_push.py
+	SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(PY) -m pytest -p no:cacheprovider tests/portal/test_browser*.py tests/portal/test_webhooks_browser.py
 
 # Every benchmark (bench/run.py) on PostgreSQL and Redis, started here when they are down.
 bench: install-dev
