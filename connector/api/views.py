@@ -9,7 +9,6 @@ the audit log; domain errors become HTTP answers in connector/api/errors.py.
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_not_required
-from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -27,6 +26,7 @@ from accounts import scope
 from accounts import services as accounts
 from accounts.permissions import Kind, activation_kind
 from accounts.scope import NOBODY, Principal
+from accounts.services import require_authority
 from connector import certificates, selectors
 from connector import services as connector
 from connector.api import filters
@@ -414,8 +414,12 @@ class DeviceViewSet(ReadMixin, WriteMixin, ActivationMixin, ConnectionHistoryMix
     def scoped(self, principal: Principal) -> QuerySet:
         return connector.devices_with_activation(selectors.devices_in_scope(principal=principal)).order_by("id")
 
-    @transaction.atomic
+    # No transaction around these two steps: a refused serial's audit entry is written after
+    # device_create's own transaction rolls back (connector.services._audits_serial_refusals),
+    # and an outer one would take it along. Who may require mTLS is checked before anything.
     def perform_create(self, data: dict):
+        if data.get("require_mtls"):
+            require_authority(self.principal, Kind.DEVICE_CERTIFICATE)
         device = connector.device_create(
             merchant=data["merchant"],
             store=data["store"],
@@ -429,14 +433,17 @@ class DeviceViewSet(ReadMixin, WriteMixin, ActivationMixin, ConnectionHistoryMix
             certificates.device_require_mtls_set(device=device, require=True, actor=self.principal)
         return device
 
-    @transaction.atomic
     def perform_update(self, instance, data: dict) -> None:
-        # require_mtls first: device_update saves the instance, which carries the new flag.
-        if "require_mtls" in data and data["require_mtls"] != instance.require_mtls:
-            certificates.device_require_mtls_set(device=instance, require=data["require_mtls"], actor=self.principal)
+        # The other changes first (a refused serial changes nothing), then the flag, which
+        # device_require_mtls_set writes to the row and to this instance.
+        mtls = "require_mtls" in data and data["require_mtls"] != instance.require_mtls
+        if mtls:
+            require_authority(self.principal, Kind.DEVICE_CERTIFICATE)
         changes = {key: data[key] for key in ("store", "make", "model", "serial", "enabled") if key in data}
         if changes:
             connector.device_update(device=instance, actor=self.principal, **changes)
+        if mtls:
+            certificates.device_require_mtls_set(device=instance, require=data["require_mtls"], actor=self.principal)
 
     def perform_destroy(self, instance) -> None:
         connector.device_delete(device=instance, actor=self.principal)
