@@ -56,7 +56,14 @@ class SecretToCheck:
 
 
 def device_register_with_client(
-    *, address: str, client_id: str, client_secret: str, tsn: str, endpoints: list[str], local_url: str = ""
+    *,
+    address: str,
+    client_id: str,
+    client_secret: str,
+    tsn: str,
+    endpoints: list[str],
+    local_url: str = "",
+    fingerprint: str = "",
 ) -> Registration | SecretToCheck:
     """Registration with client credentials in one go when the secret matched a moment ago
     (`secret_remembered`: no hashing here); else what the caller needs to check it first.
@@ -65,22 +72,28 @@ def device_register_with_client(
     if not remembered:
         return SecretToCheck(record)
     return device_register(
-        caller=record_caller(record, secret_ok=True), tsn=tsn, endpoints=endpoints, local_url=local_url
+        caller=record_caller(record, secret_ok=True),
+        tsn=tsn,
+        endpoints=endpoints,
+        local_url=local_url,
+        fingerprint=fingerprint,
     )
 
 
 def device_register_checked(
-    *, address: str, caller: Caller, tsn: str, endpoints: list[str], local_url: str = ""
+    *, address: str, caller: Caller, tsn: str, endpoints: list[str], local_url: str = "", fingerprint: str = ""
 ) -> Registration:
     """The last step of a registration whose secret was just checked: `device_register`, and
     remember that this client id verified from this address (see `registration_client`)."""
-    registration = device_register(caller=caller, tsn=tsn, endpoints=endpoints, local_url=local_url)
+    registration = device_register(
+        caller=caller, tsn=tsn, endpoints=endpoints, local_url=local_url, fingerprint=fingerprint
+    )
     registration_verified_record(address=address, client_id=caller.client_id)
     return registration
 
 
 def device_register_with_token(
-    *, address: str, raw_token: str, tsn: str, endpoints: list[str], local_url: str = ""
+    *, address: str, raw_token: str, tsn: str, endpoints: list[str], local_url: str = "", fingerprint: str = ""
 ) -> Registration:
     """Registration with an access token: RateLimited if the address failed too often,
     InvalidClient for any fault of the token (§3 answers every credential failure, tokens
@@ -89,21 +102,18 @@ def device_register_with_token(
         caller = registration_bearer(address=address, raw_token=raw_token)
     except (InvalidToken, InsufficientScope) as error:
         raise InvalidClient(error.message) from None
-    return device_register(caller=caller, tsn=tsn, endpoints=endpoints, local_url=local_url)
+    return device_register(caller=caller, tsn=tsn, endpoints=endpoints, local_url=local_url, fingerprint=fingerprint)
 
 
 def device_register_with_certificate(
-    *, address: str, fingerprint: str, tsn: str, endpoints: list[str], local_url: str = "", credentials_given: bool
-) -> Registration | None:
-    """Registration by a client certificate the TLS proxy verified (v1.1 §15). Enrolled for
-    the device the tsn names: registered, no credential needed. Enrolled for another device:
-    InvalidClient, whatever credentials come with it (one terminal's certificate never
-    stands for another). Enrolled nowhere: None, for the credentials to decide, or
-    InvalidClient when there are none. No address limit: no one guesses a certificate."""
+    *, address: str, fingerprint: str, tsn: str, endpoints: list[str], local_url: str = ""
+) -> Registration:
+    """Registration by a client certificate the TLS proxy verified, with no credentials (v1.1
+    §15; with credentials, `device_register` weighs the certificate against their scope).
+    Enrolled for the device the tsn names: registered. Enrolled for another device, or
+    nowhere: InvalidClient. No address limit: no one guesses a certificate."""
     certificate = certificate_for_fingerprint(fingerprint)
     if certificate is None:
-        if credentials_given:
-            return None
         raise InvalidClient("This client certificate is not enrolled for any device.")
     if certificate.not_after <= timezone.now():
         raise InvalidClient("This client certificate has expired.")

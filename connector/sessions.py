@@ -31,6 +31,7 @@ POS events of §5 (`session_taken_over`, `session_ended`) to the claim holder's 
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -204,11 +205,20 @@ _UNREAD = object()
 
 
 def device_register(
-    *, caller: Caller, tsn: str, endpoints: list[str], local_url: str = "", now: datetime | None = None
+    *,
+    caller: Caller,
+    tsn: str,
+    endpoints: list[str],
+    local_url: str = "",
+    fingerprint: str = "",
+    now: datetime | None = None,
 ) -> Registration:
     """Register a terminal: its live session (same id) or a new one, and a fresh JWT;
-    `local_url` its own server on the shop's network (v1.1 §14), already validated."""
+    `local_url` its own server on the shop's network (v1.1 §14), already validated;
+    `fingerprint` a verified client certificate that came with the credentials."""
     device = device_find(principal=caller.principal, tsn=tsn)
+    if fingerprint:
+        caller = _with_certificate(caller=caller, device=device, fingerprint=fingerprint)
     device_require_usable(device=device)
     now = now or timezone.now()
     live_session_id = getattr(device, "live_session_id", _UNREAD)
@@ -228,6 +238,25 @@ def device_register(
             live_session_id = _UNREAD
             continue
     raise errors.Conflict("The device is registering concurrently; try again.")
+
+
+def _with_certificate(*, caller: Caller, device: Device, fingerprint: str) -> Caller:
+    """A verified certificate beside valid credentials (v1.1 §15). The device is the one the
+    tsn names *in the credentials' scope*: a certificate enrolled for it binds the session
+    to it too (removing it ends the session; a `require_mtls` device accepts it); enrolled
+    for any other device, InvalidClient (one terminal's certificate never stands for
+    another); enrolled nowhere (or expired), the credentials decide alone. The credentials'
+    scope is what finds the device, never the certificate's enrolment: a certificate is no
+    secret, and one enrolled by another tenant on a twin device (same make and serial) must
+    not register a terminal that comes with its own tenant's credentials as that twin."""
+    from connector.certificates import certificate_for_fingerprint
+
+    certificate = certificate_for_fingerprint(fingerprint)
+    if certificate is None or certificate.not_after <= timezone.now():
+        return caller
+    if certificate.device_id != device.pk:
+        raise InvalidClient("This client certificate is enrolled for another device.")
+    return dataclasses.replace(caller, fingerprint=fingerprint)
 
 
 def _credential_still_holds(caller: Caller) -> bool:

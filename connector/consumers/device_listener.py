@@ -101,18 +101,17 @@ async def _register(
     local_url: str = "",
     fingerprint: str = "",
 ) -> sessions.Registration:
-    if fingerprint:
-        registration = await db(
+    if fingerprint and credentials is None and bearer is None:
+        return await db(
             registrations.device_register_with_certificate,
             address=address,
             fingerprint=fingerprint,
             tsn=tsn,
             endpoints=endpoints,
             local_url=local_url,
-            credentials_given=credentials is not None or bearer is not None,
         )
-        if registration is not None:
-            return registration
+    # With credentials, they decide, and a certificate counts only within their scope
+    # (sessions.device_register).
     if credentials is None:
         return await db(
             registrations.device_register_with_token,
@@ -121,6 +120,7 @@ async def _register(
             tsn=tsn,
             endpoints=endpoints,
             local_url=local_url,
+            fingerprint=fingerprint,
         )
     secret = credentials.client_secret
     outcome = await db(
@@ -131,6 +131,7 @@ async def _register(
         tsn=tsn,
         endpoints=endpoints,
         local_url=local_url,
+        fingerprint=fingerprint,
     )
     if isinstance(outcome, sessions.Registration):
         return outcome
@@ -144,6 +145,7 @@ async def _register(
         tsn=tsn,
         endpoints=endpoints,
         local_url=local_url,
+        fingerprint=fingerprint,
     )
 
 

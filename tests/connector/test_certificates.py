@@ -32,7 +32,8 @@ from tests.connector.relay_world import (
     register,
     request,
 )
-from tests.world import World
+from tests.factories import DeviceFactory
+from tests.world import World, switch_cloud_connector_on
 
 pytestmark = pytest.mark.django_db
 
@@ -572,3 +573,44 @@ def test_simulate_device_refuses_bad_certificate_arguments_with_a_clear_message(
 
     with pytest.raises(CommandError, match=message):
         call_command("simulate_device", "--tsn", "1", *args)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.cloud_connector_on
+@pytest.mark.usefixtures("fresh_state")
+async def test_a_certificate_another_tenant_enrolled_on_a_twin_never_registers_the_terminal_as_the_twin(world, ca):
+    """A certificate is no secret: another tenant creates a twin of this terminal (same make,
+    model and serial) and enrols the terminal's certificate on it. The terminal registering
+    with its certificate and its own tenant's credentials must not become the twin."""
+    own = ca.issue(world.device.serial)
+
+    def twin_with_the_certificate():
+        twin = DeviceFactory(
+            store=world.far_store, make=world.device.make, model=world.device.model, serial=world.device.serial
+        )
+        switch_cloud_connector_on(world.far_merchant)
+        certificates.device_certificate_enrol(device=twin, pem=own.pem, actor=principal_for_user(world.far_ma_admin))
+        return twin
+
+    twin = await db(twin_with_the_certificate)()
+    answer = await register_with(
+        verified(own), {"tsn": world.device.tsn, "custom_registration_data": world.pos_credentials}
+    )
+    assert (answer["status_code"], answer["error"]) == (401, "invalid_client")
+    assert not await db(DeviceSession.objects.filter(device=twin).exists)()
+    # With its credentials alone, the terminal registers as itself.
+    alone = await register(world.device.tsn, world.pos_credentials)
+    session = await db(DeviceSession.objects.get)(pk=alone["session_id"])
+    assert session.device_id == world.device.pk and session.registered_fingerprint == ""
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.cloud_connector_on
+@pytest.mark.usefixtures("fresh_state")
+async def test_credentials_with_the_devices_own_certificate_bind_the_session_to_it(world, terminal_cert):
+    await db(enrol)(world, world.device, terminal_cert)
+    answer = await register_with(
+        verified(terminal_cert), {"tsn": world.device.tsn, "custom_registration_data": world.pos_credentials}
+    )
+    session = await db(DeviceSession.objects.get)(pk=answer["session_id"])
+    assert session.device_id == world.device.pk and session.registered_fingerprint == terminal_cert.fingerprint
