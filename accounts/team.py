@@ -151,6 +151,10 @@ def team_member_new_link(*, actor: Principal, user: User) -> Invitation:
     membership = _require_member(actor, user)
     if user.has_usable_password():
         raise Conflict(f"{user.username} has chosen a password already; they can reset it from the sign-in page.")
+    # A new link cancels the old one: the token is made from the password hash, and a fresh
+    # unusable one differs from the last (a link sent to a wrong address dies with it).
+    user.set_unusable_password()
+    user.save(update_fields=["password"])
     audit_record(actor=actor, action="user.new_link", obj=user, tenant_id=_tenant_id(membership))
     return Invitation(user=user, uidb64=urlsafe_base64_encode(force_bytes(user.pk)), token=_token(user))
 

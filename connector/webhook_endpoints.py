@@ -117,6 +117,11 @@ def _audit(actor: Principal, action: str, endpoint: WebhookEndpoint, data: dict 
     )
 
 
+# Endpoints one merchant or one MA may have: every event of its devices becomes a delivery
+# for each of them.
+MAX_ENDPOINTS_PER_SCOPE = 20
+
+
 @transaction.atomic
 def webhook_endpoint_create(
     *,
@@ -144,6 +149,10 @@ def webhook_endpoint_create(
     _require_scope_authority(actor, endpoint)
     endpoint.url = clean_url(url)
     endpoint.events = clean_events(events)
+    held = WebhookEndpoint.objects.filter(merchant_aggregator=merchant_aggregator, merchant=merchant).count()
+    if held >= MAX_ENDPOINTS_PER_SCOPE:
+        # Each endpoint multiplies every device event into a delivery and a task.
+        raise Invalid({"non_field_errors": [f"At most {MAX_ENDPOINTS_PER_SCOPE} webhook endpoints per scope."]})
     endpoint.save()
     _audit(actor, "create", endpoint, {"url": endpoint.url, "events": endpoint.events, "enabled": enabled})
     return endpoint

@@ -67,6 +67,8 @@ def is_public(address: IPAddress) -> bool:
         embedded = _embedded_ipv4(address)
         if embedded is not None and not is_public(embedded):
             return False
+    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        return False  # fec0::/10: deprecated, but still routed inside some networks
     return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified)
 
 

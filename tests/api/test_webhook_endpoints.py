@@ -563,3 +563,19 @@ def test_re_enabling_an_endpoint_clears_the_pause_its_failures_left(world: World
     assert provisioning.patch(f"{URL}{endpoint.pk}/", {"enabled": True}, format="json").status_code == 200
     endpoint.refresh_from_db()
     assert (endpoint.enabled, endpoint.failures, endpoint.paused_until) == (True, 0, None)
+
+
+def test_a_scope_holds_at_most_so_many_endpoints(world: World, merchant_admin):
+    from connector.webhook_endpoints import MAX_ENDPOINTS_PER_SCOPE
+
+    for index in range(MAX_ENDPOINTS_PER_SCOPE):
+        WebhookEndpoint.objects.create(
+            tenant=world.tenant, merchant=world.merchant, url=f"https://hooks.example.com/{index}", secret="s"
+        )
+    refused = merchant_admin.post(
+        f"{API}/webhook-endpoints/",
+        {"url": "https://hooks.example.com/one-more", "events": ["device.online"], "merchant": world.merchant.pk},
+        format="json",
+    )
+    assert refused.status_code == 400
+    assert "At most" in str(refused.json())

@@ -25,6 +25,7 @@ PRIVATE_HOSTS = [
     "[::1]",
     "[::]",
     "[fe80::1]",
+    "[fec0::1]",  # site-local: deprecated, still routed inside some networks (found by review)
     "[fc00::1]",
     "[ff02::1]",
     "[::ffff:127.0.0.1]",  # IPv4-mapped

@@ -9,6 +9,7 @@ import re
 
 import pytest
 from django.core import mail
+from django.test import Client
 from django.urls import reverse
 
 from accounts import team
@@ -228,14 +229,18 @@ def test_a_taken_username_or_a_bad_one_is_told_on_the_form(world):
 
 def test_a_new_link_for_someone_who_has_not_chosen_a_password(world):
     client = client_for(world.merchant_admin)
-    invite(client, username="nadia")
+    first = LINK.search(invite(client, username="nadia").content.decode()).group(0)
     nadia = User.objects.get(username="nadia")
     page = client.get(reverse("portal:team_member", args=[nadia.pk]))
     assert b"Make a new link" in page.content
     response = client.post(reverse("portal:team_member_link", args=[nadia.pk]))
     assert response.status_code == 200
-    assert LINK.search(response.content.decode())
+    second = LINK.search(response.content.decode()).group(0)
     assert audit("user.new_link", nadia).actor == "user:alice"
+    # The new link cancels the old one (one sent to a wrong address dies with it).
+    assert second != first
+    assert "This link no longer works" in Client().get(first, follow=True).content.decode()
+    assert "Set password" in Client().get(second, follow=True).content.decode()
     # Victor chose his password long ago: no link for him.
     refused = client.post(reverse("portal:team_member_link", args=[world.merchant_viewer.pk]), follow=True)
     assert "has chosen a password already" in refused.content.decode()
