@@ -31,6 +31,7 @@ import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.contrib.auth import get_user_model
 from django.template.loader import render_to_string
 
 from accounts.scope import Level, Principal, principal_for_user
@@ -94,6 +95,13 @@ def rendered_rows(*, principal: Principal, ids: list[int]) -> dict[str, str]:
     }
 
 
+def current_principal(user_id: int) -> Principal | None:
+    """The user's principal now, or None once the user is deactivated (or gone): a page left
+    open must not outlive its user's access (the session cookie is checked only at connect)."""
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    return principal_for_user(user) if user is not None else None
+
+
 class DevicePushConsumer(AsyncWebsocketConsumer):
     """One open devices page: its watched rows, re-rendered when their device changes."""
 
@@ -111,8 +119,19 @@ class DevicePushConsumer(AsyncWebsocketConsumer):
         if principal.level > Level.MERCHANT:
             await self.close(code=CLOSE_NOTHING_TO_SEE)
             return
+        self.user_id = user.pk
         self.principal = principal
         await self.accept()
+
+    async def still_allowed(self) -> bool:
+        """Read the user's access again (each watch and each batch of rows): a deactivated
+        user's page closes with 4401, a changed membership narrows what it is sent."""
+        principal = await database_sync_to_async(current_principal)(self.user_id)
+        if principal is None or principal.level > Level.MERCHANT:
+            await self.close(code=CLOSE_NOT_SIGNED_IN)
+            return False
+        self.principal = principal
+        return True
 
     async def disconnect(self, code: int) -> None:
         if self.flush_task is not None:
@@ -133,6 +152,8 @@ class DevicePushConsumer(AsyncWebsocketConsumer):
         await self.watch(ids, refresh=refresh)
 
     async def watch(self, ids: list[int], *, refresh: bool) -> None:
+        if not await self.still_allowed():
+            return
         rows = await database_sync_to_async(watchable)(principal=self.principal, ids=ids)
         self.by_tsn = {f"{make}-{model}-{serial}".lower(): pk for pk, make, model, serial, _ in rows}
         wanted = {groups.presence_group_merchant(merchant_id) for *_, merchant_id in rows}
@@ -162,7 +183,7 @@ class DevicePushConsumer(AsyncWebsocketConsumer):
     async def _flush(self) -> None:
         await asyncio.sleep(COALESCE_SECONDS)
         ids, self.pending = sorted(self.pending), set()
-        if not ids:
+        if not ids or not await self.still_allowed():
             return
         try:
             rows = await database_sync_to_async(rendered_rows)(principal=self.principal, ids=ids)

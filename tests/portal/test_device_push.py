@@ -268,3 +268,14 @@ async def test_a_message_the_page_would_never_send_is_answered_and_closed(world,
     await comm.send_to(text_data=text)
     assert json.loads(await comm.receive_from(TIMEOUT)) == {"type": "error", "message": said}
     assert await closed_with(comm) == CLOSE_BAD_MESSAGE
+
+
+async def test_a_deactivated_users_open_page_is_closed_at_its_next_update(world):
+    """The session cookie is checked at connect only: a page left open must not outlive its
+    user's access (found by review)."""
+    comm = await signed_in(world.merchant_admin)
+    await watch(comm, [world.device.pk])
+    await sync_to_async(type(world.merchant_admin).objects.filter(pk=world.merchant_admin.pk).update)(is_active=False)
+    await went_online(world.device)
+    closed = await comm.receive_output(TIMEOUT)
+    assert closed == {"type": "websocket.close", "code": 4401}
