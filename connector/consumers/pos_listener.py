@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from django.utils import timezone
 
 from accounts.credentials import bearer_from_header
-from accounts.errors import DomainError
+from accounts.errors import DomainError, RateLimited
 from accounts.scope import Level
 from connector import callers, groups, metrics, protocol, selectors, sessions
 from connector.conf import connector_settings
@@ -36,6 +36,17 @@ LISTENER_SERVER_LIMIT = 16 * 1024 * 1024
 # waits for that answer to come back through the channel layer.
 PING_TIMEOUT = 5.0
 PING_REPLY_MARGIN = 2.0
+# At most this many pings of one listener socket wait for their answer; one more is answered
+# 429 `rate_limited` at once, so that a POS pinging in a loop cannot flood a device's socket.
+PING_IN_FLIGHT = 4
+
+
+def _pings_limited() -> RateLimited:
+    return RateLimited(
+        f"At most {PING_IN_FLIGHT} pings may wait for their answer on one listener socket; "
+        "send another once one of them is answered.",
+        retry_after=int(PING_TIMEOUT + PING_REPLY_MARGIN),  # the longest a ping holds its place
+    )
 
 
 @dataclass(frozen=True)
@@ -171,6 +182,7 @@ class PosListenerConsumer(PosCaller, BaseConsumer):
         self.seen_events: OrderedDict[str, None] = OrderedDict()
         self.presence_groups: tuple[str, ...] = ()
         self.pings: dict[str, asyncio.Future] = {}
+        self.pings_in_flight = 0  # spawned `ping` tasks not done yet (PING_IN_FLIGHT)
         await self.join(groups.listener_group(self.caller.application_id))
         await self.accept()
 
@@ -188,8 +200,11 @@ class PosListenerConsumer(PosCaller, BaseConsumer):
         if isinstance(response, Deferred):
             if response.presence is not None:
                 response = await self.subscribe(response)
+            elif self.pings_in_flight >= PING_IN_FLIGHT:
+                response = protocol.error_response(response.flow_id, protocol.translate(_pings_limited()))
             else:
                 # Answered when the pong comes (or not): other requests go on meanwhile.
+                self.pings_in_flight += 1
                 spawn(self.ping(response), name="listener-ping")
                 return
         if not self.closed:
@@ -216,7 +231,8 @@ class PosListenerConsumer(PosCaller, BaseConsumer):
 
     async def ping(self, request: Deferred) -> None:
         """§12: the device's socket pings its terminal now and tells the round trip; 504
-        when no pong comes in PING_TIMEOUT seconds."""
+        when no pong comes in PING_TIMEOUT seconds. Holds one of the socket's PING_IN_FLIGHT
+        places until the answer is known."""
         ping_id = uuid.uuid4().hex
         answer = asyncio.get_running_loop().create_future()
         self.pings[ping_id] = answer
@@ -233,6 +249,7 @@ class PosListenerConsumer(PosCaller, BaseConsumer):
             rtt = None
         finally:
             self.pings.pop(ping_id, None)
+            self.pings_in_flight -= 1
         if self.closed:
             return
         if rtt is None:

@@ -3,6 +3,7 @@ and the POS's, and how a frame finds its peer (see connector.relay)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -21,6 +22,7 @@ from connector.protocol import Close
 from connector.relay import held, servers
 from connector.relay.broker import LayerUnavailable
 from connector.relay.registry import NODE, Counter, RelaySocket, notify, registry
+from connector.relay.tasks import spawn
 
 logger = logging.getLogger(__name__)
 
@@ -360,6 +362,8 @@ class DeviceSocketConsumer(RelayConsumer):
     # A terminal that does not take what the POS sends: "try again later" (v1.1 §17), so that
     # it reconnects after a back-off; the POS's next frame then finds no device (4503).
     too_slow_code = TRY_AGAIN_LATER
+    # The listeners (reply_to, ping_id) waiting for the ping in flight; None when none is.
+    ping_waiters: list[tuple[str, Any]] | None = None
 
     async def connect(self) -> None:
         if not self.origin_allowed():
@@ -416,21 +420,38 @@ class DeviceSocketConsumer(RelayConsumer):
 
     async def device_ping(self, message: dict) -> None:
         """A listener's `ping` (v1.1 §12): a WebSocket ping to the terminal now; the round
-        trip, or None when no pong came in time, goes back to the listener."""
+        trip, or None when no pong came in time, goes back to the listener (`reply_to`).
+
+        Never waits here, in the channel-message loop (claim changes, the session's end and
+        relayed frames come through it): the ping runs in a task of its own. A ping asked
+        while one is in flight waits for that one's answer instead of sending another, so
+        that any number of listeners' pings at once cost the terminal one WebSocket ping."""
+        waiter = (message["reply_to"], message.get("ping_id"))
+        if self.ping_waiters is not None:
+            self.ping_waiters.append(waiter)
+            return
+        self.ping_waiters = [waiter]
+        spawn(self.ping_terminal(timeout=float(message.get("timeout", 5.0))), name="device-ping")
+
+    async def ping_terminal(self, *, timeout: float) -> None:
+        """The one ping in flight: every listener waiting for it hears its answer."""
         rtt = None
-        if not self.closed:
-            try:
-                rtt = await servers.ping(self.base_send, timeout=float(message.get("timeout", 5.0)))
-            except servers.PingUnsupported:
-                logger.warning("this server offers no WebSocket ping to the application")
-            except Exception:  # noqa: BLE001 - the socket went away meanwhile: no pong
-                logger.debug("ping of %s failed", self.channel_name)
+        try:
+            if not self.closed:
+                rtt = await servers.ping(self.base_send, timeout=timeout)
+        except servers.PingUnsupported:
+            logger.warning("this server offers no WebSocket ping to the application")
+        except Exception:  # noqa: BLE001 - the socket went away meanwhile: no pong
+            logger.debug("ping of %s failed", self.channel_name)
+        finally:
+            waiters, self.ping_waiters = self.ping_waiters or [], None
         if rtt is not None:
             self.heard = True
-        with contextlib.suppress(Exception):  # the listener may have gone
-            await self.channel_layer.send(
-                message["reply_to"], {"type": "device.pong", "ping_id": message.get("ping_id"), "rtt_ms": rtt}
-            )
+        pongs = (
+            self.channel_layer.send(reply_to, {"type": "device.pong", "ping_id": ping_id, "rtt_ms": rtt})
+            for reply_to, ping_id in waiters
+        )
+        await asyncio.gather(*pongs, return_exceptions=True)  # a listener may have gone
 
     def disconnect_reason(self, code: int) -> str:
         if self.close_code_sent == Close.REPLACED:
