@@ -84,6 +84,9 @@ Django REST framework, django-filter
 
 prometheus-client
 - prometheus_client.exposition.choose_encoder(accept) (the /metrics view).
+
+urllib3
+- HTTP(S)Connection.sock: the TCP socket from before the TLS handshake on, kept by our connect (_Deadline).
 """
 
 from __future__ import annotations
@@ -122,6 +125,7 @@ CHECKED_AGAINST = {
     "djangorestframework": "3.18.3",
     "django-filter": "26.2",
     "prometheus-client": "0.26.0",
+    "urllib3": "2.8.0",
 }
 
 
@@ -1141,3 +1145,28 @@ def test_prometheus_client_chooses_the_exposition_format_from_the_accept_header(
     assert content_type == CONTENT_TYPE_PLAIN_0_0_4 and b"guard_checks_total 1.0" in encoder(registry)
     encoder, content_type = choose_encoder("application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text") and encoder(registry).endswith(b"# EOF\n")
+
+
+# --- urllib3 -----------------------------------------------------------------------------------
+
+
+def test_urllib3_connections_hold_their_socket_in_sock_from_before_the_tls_handshake():
+    # The webhook transport's deadline watchdog (_Deadline, for post) shuts down the socket a
+    # connection holds in `sock` (http.client's attribute, undocumented) when the attempt's
+    # time is up. For https it relies on HTTPSConnection.connect setting `sock` to the TCP
+    # socket before the TLS handshake (a dripped handshake is then cut too), and on our
+    # connect override (_Watched.connect) finding the connected socket in `sock` afterwards.
+    # The pool makes its connections from ConnectionCls with its extra keyword arguments.
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    checked_against("urllib3")
+    assert "self.sock = self._new_conn()" in source(HTTPConnection.connect)
+    tls_connect = source(HTTPSConnection.connect)
+    raw = tls_connect.find("self.sock = sock = self._new_conn()")
+    handshake = tls_connect.find("_ssl_wrap_socket_and_match_hostname( sock=sock,")
+    assert -1 < raw < handshake < tls_connect.find("self.sock = wrapped_socket")
+    for pool in (HTTPConnectionPool, HTTPSConnectionPool):
+        new_conn = source(pool._new_conn)
+        assert "self.ConnectionCls(" in new_conn and "**self.conn_kw," in new_conn
+    assert parameters(HTTPConnection.connect) == ["self"]
