@@ -44,6 +44,7 @@ from django.db.models import F, Subquery
 from django.utils import timezone
 
 from accounts.models import Application
+from accounts.prepared import Prepared, insert
 from connector import groups
 from connector.models import Device, DeviceConnection, DisconnectReason, Event
 from connector.protocol import timestamp
@@ -188,7 +189,10 @@ def record(facts: Sequence[Fact], *, now: datetime, presence: dict[str, Any] | N
                 data=data,
             )
         )
-    Event.objects.bulk_create(events)
+    if len(events) == 1:
+        insert(events[0])  # a terminal connecting: SQL built once, not compiled per event
+    else:
+        Event.objects.bulk_create(events)
     fan_out(
         events,
         merchant_of={
@@ -211,8 +215,8 @@ def went_online(*, device_id: int, session_id: str, holder: int | None, now: dat
     )
     if not recorded:
         return None
-    DeviceConnection.objects.create(
-        device_id=device_id, session_id=session_id, connected_at=now, claimed_by=holder_name(holder)
+    insert(
+        DeviceConnection(device_id=device_id, session_id=session_id, connected_at=now, claimed_by=holder_name(holder))
     )
     return recorded[0]
 
@@ -231,10 +235,22 @@ def went_offline(*, sessions: Iterable[tuple[str, int]], reason: str, now: datet
         now=now,
         presence={"online": False, "online_since": None, "offline_since": now, "last_disconnect_reason": reason},
     )
-    DeviceConnection.objects.filter(session_id__in=list(by_device.values()), disconnected_at__isnull=True).update(
-        disconnected_at=now, reason=reason
-    )
+    _periods_close(session_ids=list(by_device.values()), reason=reason, now=now)
     return {event.session_id: event for event in recorded}
+
+
+def _periods_close(*, session_ids: list[str], reason: str, now: datetime) -> None:
+    """Close the sessions' open online periods (SQL written here, not compiled by the ORM:
+    every terminal that leaves does this)."""
+    meta, quote = DeviceConnection._meta, connection.ops.quote_name
+    closed_at = quote(meta.get_field("disconnected_at").column)
+    placeholders = ", ".join(["%s"] * len(session_ids))
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {closed_at} = %s, {quote(meta.get_field('reason').column)} = %s "
+        f"WHERE {quote(meta.get_field('session_id').column)} IN ({placeholders}) AND {closed_at} IS NULL"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [meta.get_field("disconnected_at").get_db_prep_save(now, connection), reason, *session_ids])
 
 
 def socket_gone(*, device_id: int, reason: str) -> None:
@@ -262,9 +278,7 @@ def claim_changed(
     not claims)."""
     recorded = record([Fact(device_id=device_id, type=fact_type, session_id=session_id, data=data)], now=now)
     if holder_label:
-        DeviceConnection.objects.filter(session_id=session_id, disconnected_at__isnull=True).update(
-            claimed_by=holder_label
-        )
+        _open_period_claimed(session_id=session_id, label=holder_label)
     if not recorded:
         return None
     event = recorded[0]
@@ -277,18 +291,36 @@ def claim_changed(
     return event
 
 
+def _open_period_claimed(*, session_id: str, label: str) -> None:
+    """The session's open online period's `claimed_by` = label (SQL built once: every claim)."""
+    meta, quote = DeviceConnection._meta, connection.ops.quote_name
+    column = quote(meta.get_field("claimed_by").column)
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {column} = %s WHERE {quote(meta.get_field('session_id').column)} = %s "
+        f"AND {quote(meta.get_field('disconnected_at').column)} IS NULL"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [label, session_id])
+
+
+_holder_rows = Prepared(
+    lambda _shape, *, application_id: Application.objects.filter(pk=application_id).values(
+        "pos__name", "cloud_application__name", "name"
+    ),
+    required=["application_id"],
+)
+
+
 def holder_name(application_id: int | None) -> str:
-    """'POS Till 1' or 'Application Acme POS' (one query); "" for none or a deleted one."""
+    """'POS Till 1' or 'Application Acme POS' (one query, compiled once: every claim and
+    every terminal coming online asks); "" for none or a deleted one."""
     if application_id is None:
         return ""
-    row = (
-        Application.objects.filter(pk=application_id)
-        .values_list("pos__name", "cloud_application__name", "name")
-        .first()
-    )
-    if row is None:
+    rows = _holder_rows.rows(None, application_id=application_id)
+    if not rows:
         return ""
-    pos, cloud_app, name = row
+    row = rows[0]
+    pos, cloud_app, name = row["pos__name"], row["cloud_application__name"], row["name"]
     if pos:
         return f"POS {pos}"
     if cloud_app:

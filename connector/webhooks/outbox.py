@@ -17,21 +17,36 @@ from collections.abc import Mapping, Sequence
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts.prepared import Prepared
 from connector.models import Event, WebhookDelivery, WebhookEndpoint
 from connector.webhooks.delivery import enqueue
+
+_ENDPOINT_COLUMNS = ("pk", "events", "merchant_id", "merchant_aggregator__merchants__id")
+
+
+def _endpoints_in_scope(_shape, *, merchant_ids: list[int]):
+    return (
+        WebhookEndpoint.objects.filter(enabled=True)
+        .filter(Q(merchant_id__in=merchant_ids) | Q(merchant_aggregator__merchants__id__in=merchant_ids))
+        .values(*_ENDPOINT_COLUMNS)
+    )
+
+
+_endpoint_rows = Prepared(_endpoints_in_scope, required=["merchant_ids"])
 
 
 def _subscriptions(merchant_ids: set[int]) -> dict[int, list[tuple[int, frozenset[str]]]]:
     """The enabled endpoints in scope of each merchant, with the types each wants: the
     merchant's own and its MA's, found in one query (the MA's endpoints through a join on the
     MA's merchants, so the merchant → MA step costs no query of its own)."""
-    rows = (
-        WebhookEndpoint.objects.filter(enabled=True)
-        .filter(Q(merchant_id__in=merchant_ids) | Q(merchant_aggregator__merchants__id__in=merchant_ids))
-        .values_list("pk", "events", "merchant_id", "merchant_aggregator__merchants__id")
-    )
+    if len(merchant_ids) == 1:
+        # One device's fact (a terminal connecting): the SQL compiled once, not per event.
+        rows = _endpoint_rows.rows(None, merchant_ids=list(merchant_ids))
+    else:
+        rows = _endpoints_in_scope(None, merchant_ids=list(merchant_ids))
     found: dict[int, list[tuple[int, frozenset[str]]]] = defaultdict(list)
-    for pk, types, own_merchant, ma_merchant in rows:
+    for row in rows:
+        pk, types, own_merchant, ma_merchant = (row[name] for name in _ENDPOINT_COLUMNS)
         merchant = own_merchant if own_merchant in merchant_ids else ma_merchant
         if merchant in merchant_ids and isinstance(types, list):
             found[merchant].append((pk, frozenset(types)))

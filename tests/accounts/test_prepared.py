@@ -84,7 +84,13 @@ def test_a_boolean_value_is_refused_it_belongs_to_the_shape():
 
 # --- insert -----------------------------------------------------------------------------------
 
-INSERTED_MODELS = ("accounts.AuditEntry", "connector.DeviceSession", "connector.SessionSocket")
+INSERTED_MODELS = (
+    "accounts.AuditEntry",
+    "connector.DeviceConnection",
+    "connector.DeviceSession",
+    "connector.Event",
+    "connector.SessionSocket",
+)
 
 
 def test_insert_is_used_only_for_models_no_save_signal_listens_to():
