@@ -32,6 +32,10 @@ channels-redis (its RedisChannelLayer, subclassed by the relay's redis layer)
 - send's Redis layout: a sorted set scored by time, capacity, expiry (SEND_SCRIPT, RedisChannelLayer.send).
 - _group_key and group_add's zadd and expire (RedisChannelLayer.group_add, restore_groups: the same layout, pipelined).
 - group_send names its targets as a list in __asgi_channel__ (RedisChannelLayer._read).
+- _map_channel_keys_to_connection(channel_names, message): keys per host, payload and capacity
+  per key (RedisChannelLayer.group_send_many).
+- group_send's Redis layout: members read from _group_key after dropping the expired ones,
+  messages queued as send queues them (GROUP_MEMBERS_SCRIPT, GROUP_SEND_SCRIPT).
 - connection(index): a redis-py client whose pool disconnect drops idle connections (RedisChannelLayer._probe).
 
 redis-py
@@ -513,6 +517,25 @@ async def test_channels_redis_group_send_names_its_targets_as_a_list_in_each_mes
     assert numkeys == 1 and keys_and_args[0] == layer.prefix + layer.non_local_name(channel)
     message = layer.deserialize(keys_and_args[1])
     assert message == {"type": "session.end", "__asgi_channel__": [channel]}
+
+
+def test_channels_redis_maps_a_group_message_to_one_payload_per_process_queue():
+    # RedisChannelLayer.group_send_many hands each group's members to
+    # _map_channel_keys_to_connection and queues, per host index, each key's payload (the
+    # message naming every channel of that queue in __asgi_channel__) up to its capacity.
+    checked_against("channels-redis")
+    layer, _redis = stock_layer(capacity=7)
+    one, two, plain = "specific.abc!x", "specific.abc!y", "plain.channel"
+    keys_by_host, payloads, capacities = layer._map_channel_keys_to_connection([one, two, plain], {"type": "e"})
+    process_key, plain_key = layer.prefix + layer.non_local_name(one), layer.prefix + plain
+    assert sorted(key for keys in keys_by_host.values() for key in keys) == sorted([process_key, plain_key])
+    assert set(keys_by_host) <= set(range(layer.ring_size))
+    assert layer.deserialize(payloads[process_key]) == {"type": "e", "__asgi_channel__": [one, two]}
+    assert layer.deserialize(payloads[plain_key]) == {"type": "e", "__asgi_channel__": [plain]}
+    assert capacities == {process_key: 7, plain_key: 7}
+    # The stock group_send drops expired members before reading them, as our script does.
+    group_send = source(type(layer).group_send)
+    assert "zremrangebyscore" in group_send and "self.group_expiry" in group_send and "zrange(key, 0, -1)" in group_send
 
 
 def test_redis_py_pipelines_can_answer_errors_in_place_and_its_errors_are_one_tree():

@@ -11,7 +11,9 @@ When Redis answers again, connector.relay.recovery puts the sockets back in thei
 What it relies on in channels_redis 4.3 beyond its public methods and attributes
 (`connection`, `consistent_hash`, `non_local_name`, `serialize`, `get_capacity`, `prefix`,
 `expiry`...), pinned by tests/test_private_internals.py: `_group_key` (a group's key, to
-add memberships in one round trip: `group_add`, `restore_groups`), and the overrides of `_brpop_with_clean` and
+add memberships in one round trip: `group_add`, `restore_groups`, and to read members:
+`group_send_many`), `_map_channel_keys_to_connection` (a group message's payload per
+queue, `group_send_many`), and the overrides of `_brpop_with_clean` and
 `_clean_receive_backup`, through which the library's own receive (for channels that are not
 process-specific, which the relay never uses) also rides out an outage.
 """
@@ -36,7 +38,15 @@ from channels_redis.core import RedisChannelLayer as StockRedisChannelLayer
 
 from connector import metrics
 from connector.relay.broker import Broker, LayerUnavailable
-from connector.relay.redis_scripts import GROUP_ADD_SCRIPT, POP_BATCH_SCRIPT, SCRIPT_SHAS, SEND_SCRIPT, run_script
+from connector.relay.redis_scripts import (
+    GROUP_ADD_SCRIPT,
+    GROUP_MEMBERS_SCRIPT,
+    GROUP_SEND_SCRIPT,
+    POP_BATCH_SCRIPT,
+    SCRIPT_SHAS,
+    SEND_SCRIPT,
+    run_script,
+)
 from connector.relay.tasks import task_of_loop
 
 logger = logging.getLogger(__name__)
@@ -463,11 +473,55 @@ class RedisChannelLayer(StockRedisChannelLayer):
             self.went_down(error, "group_discard")  # a restarted Redis forgot it; else it expires
 
     async def group_send(self, group: str, message: dict) -> None:
+        await self.group_send_many([(group, message)])
+
+    async def group_send_many(self, sends: list[tuple[str, dict]]) -> None:
+        """channels_redis's group_send for several (group, message) pairs, in order, in two
+        round trips per Redis host for all of them (GROUP_MEMBERS_SCRIPT reads every group's
+        members, GROUP_SEND_SCRIPT queues every message), and one when no group has a
+        member. The library takes two per group and two more per group with members: a
+        terminal coming online tells four groups (its claim holder's listeners and the
+        store's, merchant's and MA's presence subscribers), most of them empty.
+
+        Same semantics as the library's: a channel at capacity misses the message (logged),
+        nothing is raised for it; a Redis that is down raises (after `went_down`)."""
         try:
-            await super().group_send(group, message)
+            await self._group_send_many(sends)
         except REDIS_DOWN as error:
             self.went_down(error, "group_send")
             raise
+
+    async def _group_send_many(self, sends: list[tuple[str, dict]]) -> None:
+        by_host: dict[int, list[str]] = defaultdict(list)
+        for group in dict.fromkeys(group for group, _message in sends):
+            assert self.require_valid_group_name(group), "Group name not valid"
+            by_host[self.consistent_hash(group)].append(group)
+        members: dict[str, list[str]] = {}
+        cutoff = int(time.time()) - self.group_expiry
+        for index, names in by_host.items():
+            keys = [self._group_key(name) for name in names]
+            answers = await run_script(self.connection(index), GROUP_MEMBERS_SCRIPT, len(keys), *keys, cutoff)
+            for name, channels in zip(names, answers, strict=True):
+                members[name] = [channel.decode("utf8") for channel in channels]
+        queued: dict[int, list[tuple[bytes, bytes, int]]] = defaultdict(list)
+        for group, message in sends:
+            if not members[group]:
+                continue
+            keys_by_host, payloads, capacities = self._map_channel_keys_to_connection(members[group], message)
+            for index, keys in keys_by_host.items():
+                queued[index].extend((key, payloads[key], capacities[key]) for key in keys)
+        for index, items in queued.items():
+            arguments: list[Any] = []
+            score = time.time()
+            for _key, payload, capacity in items:
+                # Strictly increasing, as for `send`: Redis orders equal scores by the bytes.
+                score = self._last_score = max(score, self._last_score + 1e-6)
+                arguments += [payload, capacity, score]
+            arguments += [int(score) - int(self.expiry), int(self.expiry)]
+            keys = [key for key, _payload, _capacity in items]
+            over = await run_script(self.connection(index), GROUP_SEND_SCRIPT, len(keys), *keys, *arguments)
+            if over:
+                logger.info("%s group messages skipped: their channels were at capacity", over)
 
     # -- recovery
 

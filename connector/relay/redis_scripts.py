@@ -54,9 +54,41 @@ redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
+# channels_redis's group_send reads a group's members in two round trips (drop the expired
+# ones, then read) per group. This reads several groups' members in one: KEYS the group keys,
+# ARGV[1] the time before which a membership has expired; one list of members per group.
+GROUP_MEMBERS_SCRIPT = """
+local members = {}
+for i = 1, #KEYS do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, ARGV[1])
+    members[i] = redis.call('ZRANGE', KEYS[i], 0, -1)
+end
+return members
+"""
+# channels_redis's group_send queueing (drop expired messages, skip a channel at capacity,
+# ZADD, EXPIRE) for the messages of several group sends at once, in order. KEYS the channel
+# keys (a key may come back for another message); ARGV three per key (payload, capacity,
+# score: strictly increasing, so that Redis keeps the order), then the time before which a
+# message has expired, then the expiry. Returns how many were skipped at capacity.
+GROUP_SEND_SCRIPT = """
+local n = #KEYS
+local cutoff = ARGV[3 * n + 1]
+local expiry = ARGV[3 * n + 2]
+local over = 0
+for i = 1, n do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, cutoff)
+    if redis.call('ZCARD', KEYS[i]) < tonumber(ARGV[3 * i - 1]) then
+        redis.call('ZADD', KEYS[i], ARGV[3 * i], ARGV[3 * i - 2])
+        redis.call('EXPIRE', KEYS[i], expiry)
+    else
+        over = over + 1
+    end
+end
+return over
+"""
 SCRIPT_SHAS = {
     script: hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
-    for script in (SEND_SCRIPT, POP_BATCH_SCRIPT, GROUP_ADD_SCRIPT)
+    for script in (SEND_SCRIPT, POP_BATCH_SCRIPT, GROUP_ADD_SCRIPT, GROUP_MEMBERS_SCRIPT, GROUP_SEND_SCRIPT)
 }
 
 

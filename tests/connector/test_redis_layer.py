@@ -216,7 +216,9 @@ def test_the_scripts_are_loaded_again_when_redis_forgot_them(redis_url):
             await sender.send(channel, {"type": "frame", "n": 2})
             assert (await receiver.receive(channel))["n"] == 2
             await receiver.group_add("cc.session.s1", channel)
-            assert await sender.connection(0).script_exists(*SCRIPT_SHAS.values()) == [True, True, True]
+            await sender.group_send("cc.session.s1", {"type": "frame", "n": 3})
+            assert (await receiver.receive(channel))["n"] == 3
+            assert await sender.connection(0).script_exists(*SCRIPT_SHAS.values()) == [True] * len(SCRIPT_SHAS)
 
     run_bounded(scenario(), timeout=60)
 
@@ -316,5 +318,73 @@ def test_discard_groups_leaves_many_groups_in_a_few_round_trips(redis_url):
             assert len(pipelines) == 2  # 1,502 memberships: two chunks of at most a thousand
             assert await redis.zrange(receiver._group_key("cc.session.s7"), 0, -1) == []
             assert await redis.zrange(receiver._group_key("cc.session.shared"), 0, -1) == [channels[2].encode()]
+
+    run_bounded(scenario(), timeout=30)
+
+
+def test_group_sends_together_reach_every_member_in_order_in_two_round_trips(redis_url, monkeypatch):
+    # A terminal coming online tells its holder's listeners and three presence groups, most of
+    # them empty: group_send_many reads every group's members in one script and queues every
+    # message in another, keeping the order each socket sees; one script when nobody listens.
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            first, second, third = [await receiver.new_channel() for _ in range(3)]
+            await receiver.group_add("cc.store.1", first)
+            await receiver.group_add("cc.store.1", second)
+            await receiver.group_add("cc.ma.1", second)
+            await receiver.group_add("cc.listener.7", third)
+            scripts: list[str] = []
+            import connector.relay.redis_layer as layer_module
+
+            real_run_script = layer_module.run_script
+
+            async def counting(connection, script, *args):
+                scripts.append(script)
+                return await real_run_script(connection, script, *args)
+
+            monkeypatch.setattr(layer_module, "run_script", counting)
+            await sender.group_send_many(
+                [
+                    ("cc.listener.7", {"type": "event", "n": 1}),
+                    ("cc.store.1", {"type": "event", "n": 2}),
+                    ("cc.merchant.1", {"type": "event", "n": 3}),  # nobody
+                    ("cc.ma.1", {"type": "event", "n": 4}),
+                    ("cc.store.1", {"type": "event", "n": 5}),
+                ]
+            )
+            assert len(scripts) == 2
+            assert [(await receiver.receive(first))["n"] for _ in range(2)] == [2, 5]
+            assert [(await receiver.receive(second))["n"] for _ in range(3)] == [2, 4, 5]
+            assert (await receiver.receive(third))["n"] == 1
+            scripts.clear()
+            await sender.group_send_many([("cc.nobody.1", {"type": "event"}), ("cc.nobody.2", {"type": "event"})])
+            assert len(scripts) == 1
+
+    run_bounded(scenario(), timeout=30)
+
+
+def test_a_group_message_for_a_channel_at_capacity_is_skipped_for_it_alone(redis_url):
+    # As channels_redis's group_send: a full channel misses the message, nothing is raised, the
+    # group's other members get it.
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            sender.capacity = 2
+            full = await receiver.new_channel()
+            other = RedisChannelLayer(hosts=[{"address": redis_url}], capacity=1000, expiry=60)
+            try:
+                # Another process's queue, so that the two members' capacities are counted apart.
+                free = await other.new_channel()
+                await receiver.group_add("cc.session.s1", full)
+                await receiver.group_add("cc.session.s1", free)
+                for n in range(2):
+                    await sender.send(full, {"type": "frame", "n": n})
+                await sender.group_send("cc.session.s1", {"type": "session.end", "n": 9})
+                assert [(await receiver.receive(full))["n"] for _ in range(2)] == [0, 1]
+                assert (await other.receive(free))["n"] == 9
+                # Nothing more for the full one: the group message was skipped for it.
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(receiver.receive(full), 0.5)
+            finally:
+                await other.close_pools()
 
     run_bounded(scenario(), timeout=30)
