@@ -60,6 +60,7 @@ class DeviceSessionAdmin(ServiceModelAdmin):
             "jwt_expires_at",
             "online_at",
             "offline_at",
+            "offline_until",
             "last_seen_at",
             "ended_at",
             "end_reason",

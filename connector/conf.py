@@ -44,6 +44,10 @@ class ConnectorSettings:
     JWT_LIFETIME: int = 300
     #: How long an offline session waits for its terminal to come back before it ends.
     GRACE_PERIOD: int = 60
+    #: The same wait when the server itself closed the terminal's sockets (a worker shutting
+    #: down, or one that died): a fleet re-admitted at the pace the workers can serve it
+    #: keeps its sessions and the POS's claims (v1.1 §17).
+    RESTART_GRACE_PERIOD: int = 300
     #: How long an ended session stays listed (API, portal) before the sweep deletes it.
     ENDED_RETENTION: int = 3600
     #: How long a terminal has to send its registration on the device-listener (else 4408).

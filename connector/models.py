@@ -197,6 +197,9 @@ class DeviceSession(models.Model):
     jwt_expires_at = models.DateTimeField()
     online_at = models.DateTimeField(null=True, blank=True)
     offline_at = models.DateTimeField(null=True, blank=True)
+    # When an offline session ends if its terminal is not back: offline_at + the grace period,
+    # longer when the server closed the sockets itself (connector.sessions.offline_grace).
+    offline_until = models.DateTimeField(null=True, blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=40, blank=True)

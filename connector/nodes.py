@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from connector import groups, history
@@ -100,9 +100,10 @@ def sessions_sweep(*, now: datetime | None = None) -> SweepResult:
     )
     ended += sessions_end(
         session_ids=list(
-            DeviceSession.objects.filter(state=State.OFFLINE, offline_at__lte=now - grace_period()).values_list(
-                "pk", flat=True
-            )
+            DeviceSession.objects.filter(
+                Q(offline_until__lte=now) | Q(offline_until__isnull=True, offline_at__lte=now - grace_period()),
+                state=State.OFFLINE,
+            ).values_list("pk", flat=True)
         ),
         reason="device_gone",
     )

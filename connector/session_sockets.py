@@ -26,7 +26,7 @@ from connector.callers import Caller
 from connector.conf import connector_settings
 from connector.errors import InvalidClient, NotClaimHolder, SocketQuotaExceeded, UnknownEndpoint, UnknownSession
 from connector.models import DeviceSession, DisconnectReason, SessionSocket
-from connector.sessions import Side, State, live_session_lock, session_lock
+from connector.sessions import Side, State, live_session_lock, offline_grace, session_lock
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def device_socket_attach(
             )
     updates = {"last_seen_at": now, "node": node}
     if session.state != State.ONLINE:
-        updates.update(state=State.ONLINE, online_at=now, offline_at=None)
+        updates.update(state=State.ONLINE, online_at=now, offline_at=None, offline_until=None)
         told += _online(session=session, node=node, now=now)
     update(DeviceSession, session.pk, **updates)
     groups.send_all_after_commit(told)
@@ -190,7 +190,7 @@ def socket_reassert(
     )
     if side == Side.DEVICE and session.state != State.ONLINE:
         DeviceSession.objects.filter(pk=session.pk).update(
-            state=State.ONLINE, online_at=now, offline_at=None, node=node, last_seen_at=now
+            state=State.ONLINE, online_at=now, offline_at=None, offline_until=None, node=node, last_seen_at=now
         )
         groups.send_all_after_commit(_online(session=session, node=node, now=now))
     peer = socket_channel(session_id=session.pk, side=_other(side), endpoint=endpoint)
@@ -254,7 +254,7 @@ def offline_if_no_device_socket(*, session_ids: list[str], now: datetime, reason
     if not going:
         return []
     DeviceSession.objects.filter(pk__in=[row[0] for row in going], state=State.ONLINE).update(
-        state=State.OFFLINE, offline_at=now
+        state=State.OFFLINE, offline_at=now, offline_until=now + offline_grace(reason)
     )
     events = history.went_offline(sessions=[(row[0], row[2]) for row in going], reason=reason, now=now)
     told = []

@@ -61,7 +61,7 @@ from connector.errors import (
     UnknownDevice,
     UnknownSession,
 )
-from connector.models import Device, DeviceCertificate, DeviceSession, SessionSocket
+from connector.models import Device, DeviceCertificate, DeviceSession, DisconnectReason, SessionSocket
 from connector.selectors import (
     DEVICE_FIELDS,
     LIVE,
@@ -79,14 +79,30 @@ def grace_period() -> timedelta:
     return timedelta(seconds=connector_settings.GRACE_PERIOD)
 
 
+# The server closed these sockets itself: the terminals did not leave, and a whole worker's
+# fleet comes back at the pace the workers admit it (v1.1 §17), which may take longer than
+# the grace period of a terminal that went away.
+SERVER_SIDE_REASONS = frozenset({DisconnectReason.SERVER_SHUTDOWN, DisconnectReason.NODE_LOST})
+
+
+def offline_grace(reason: str) -> timedelta:
+    """How long a session that went offline for `reason` (v1.1 §11) waits for its terminal."""
+    if reason in SERVER_SIDE_REASONS:
+        return timedelta(seconds=max(connector_settings.RESTART_GRACE_PERIOD, connector_settings.GRACE_PERIOD))
+    return grace_period()
+
+
 # --- lookups and lazy expiry ---------------------------------------------------------------
 
 
 def session_deadline(session: DeviceSession) -> datetime | None:
     """When a live session ends by itself if nothing happens: a registered one when its JWT
-    expires, an offline one when its grace period is over; an online one never."""
+    expires, an offline one when its grace period is over (`offline_until`, written when it
+    went offline); an online one never."""
     if session.state == State.REGISTERED:
         return session.jwt_expires_at
+    if session.state == State.OFFLINE and session.offline_until is not None:
+        return session.offline_until
     if session.state == State.OFFLINE and session.offline_at is not None:
         return session.offline_at + grace_period()
     return None
@@ -355,7 +371,7 @@ def _reregister(*, session: DeviceSession, endpoints: list[str], local_url: str,
     if session.state == State.OFFLINE:
         # The terminal is back: it has a fresh JWT to connect with, and the registered
         # rule (end at JWT expiry if no socket comes) replaces the grace period.
-        changes.update(state=State.REGISTERED, offline_at=None)
+        changes.update(state=State.REGISTERED, offline_at=None, offline_until=None)
     update(DeviceSession, session.pk, **changes)
     if endpoints != session.endpoints:
         groups.send_after_commit(

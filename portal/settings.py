@@ -444,6 +444,7 @@ else:
 cc_environment = {
     "JWT_LIFETIME": env_int,
     "GRACE_PERIOD": env_int,
+    "RESTART_GRACE_PERIOD": env_int,
     "ENDED_RETENTION": env_int,
     "REGISTRATION_TIMEOUT": env_float,
     "MAX_MESSAGE_SIZE": env_int,

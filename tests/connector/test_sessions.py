@@ -535,6 +535,53 @@ def test_an_offline_session_ends_after_the_grace_period(world):
     assert (session.state, session.end_reason) == ("ended", "device_gone")
 
 
+@pytest.mark.parametrize("how", ["shutdown", "node_lost"])
+def test_a_session_whose_worker_went_away_waits_the_restart_grace_period(world, how):
+    # The server closed the terminal's sockets itself (a worker shutting down, or one that
+    # died): a fleet re-admitted at the pace the workers serve it may need longer than the
+    # grace period, and must find its sessions, and the POS's claims, still there.
+    registration = register(world)
+    attach_device(registration, node="node-a")
+    sessions.session_claim(caller=caller_of(world.pos), tsn=world.device.tsn)
+    if how == "shutdown":
+        nodes.node_forget(node="node-a")
+    else:
+        # node-a stopped beating: the sweep of another node, past NODE_TIMEOUT, forgets it.
+        nodes.node_heartbeat(node="node-a", now=timezone.now() - timedelta(hours=1))
+        NodeHeartbeat.objects.filter(node="node-a").update(seen_at=timezone.now() - timedelta(hours=1))
+        SessionSocket.objects.update(connected_at=timezone.now() - timedelta(hours=1))
+        nodes.sessions_sweep(now=timezone.now())
+    assert state_of(registration.session_id) == "offline"
+    restart = connector_settings.RESTART_GRACE_PERIOD
+    assert restart > connector_settings.GRACE_PERIOD
+    nodes.sessions_sweep(now=timezone.now() + timedelta(seconds=connector_settings.GRACE_PERIOD + 5))
+    assert state_of(registration.session_id) == "offline"
+    # Looked up lazily past the grace period, it is still live too, and comes back with its claim.
+    later = timezone.now() + timedelta(seconds=restart - 5)
+    again = register(world, now=later)
+    assert again.session_id == registration.session_id
+    assert DeviceSession.objects.get(pk=registration.session_id).claimed_by_id == world.pos.application_id
+    # Gone past the restart grace period: ended.
+    attach_device(again, node="node-b")
+    nodes.node_forget(node="node-b")
+    result = nodes.sessions_sweep(now=timezone.now() + timedelta(seconds=restart + 1))
+    assert result.ended == [registration.session_id]
+    assert DeviceSession.objects.get(pk=registration.session_id).end_reason == "device_gone"
+
+
+def test_a_session_offline_for_the_terminals_own_reasons_waits_the_grace_period_only(world):
+    registration = register(world)
+    attach_device(registration)
+    session_sockets.socket_detach(
+        session_id=registration.session_id, side="device", endpoint="/", channel_name="dev-1", reason="ping_timeout"
+    )
+    session = DeviceSession.objects.get(pk=registration.session_id)
+    assert session.offline_until == session.offline_at + timedelta(seconds=connector_settings.GRACE_PERIOD)
+    later = timezone.now() + timedelta(seconds=connector_settings.GRACE_PERIOD + 1)
+    assert sessions.live_session_for_device(device=world.device, now=later) is None
+    assert DeviceSession.objects.get(pk=registration.session_id).end_reason == "device_gone"
+
+
 def test_a_registered_session_that_never_came_online_ends_when_its_jwt_expires(world):
     registration = register(world)
     nodes.sessions_sweep(now=timezone.now())
