@@ -46,7 +46,7 @@ from django.utils import timezone
 from accounts.models import Application
 from accounts.prepared import Prepared, insert
 from connector import groups
-from connector.models import Device, DeviceConnection, DisconnectReason, Event
+from connector.models import Device, DeviceConnection, DisconnectReason, Event, WebhookEndpoint
 from connector.protocol import timestamp
 
 Type = Event.Type
@@ -103,11 +103,14 @@ class _DeviceRow:
     store_id: int
     merchant_aggregator_id: int
     tsn: str
+    webhooks: bool  # an enabled webhook endpoint of its merchant or MA exists (any event types)
 
 
 def _bump(device_ids: Sequence[int], presence: dict[str, Any]) -> dict[int, _DeviceRow]:
     """Add one to each device's `event_seq` and write `presence`, in one statement, and read
-    back what the events need (UPDATE ... RETURNING: PostgreSQL, SQLite 3.35+)."""
+    back what the events need (UPDATE ... RETURNING: PostgreSQL, SQLite 3.35+), with whether
+    any webhook endpoint could want them: most deployments have none in scope, and then the
+    outbox costs no statement of its own."""
     if not device_ids:
         return {}
     meta, quote = Device._meta, connection.ops.quote_name
@@ -122,6 +125,17 @@ def _bump(device_ids: Sequence[int], presence: dict[str, Any]) -> dict[int, _Dev
     merchant_table = quote(merchant_meta.db_table)
     ma_column = quote(merchant_meta.get_field("merchant_aggregator").column)
     table = quote(meta.db_table)
+    endpoint_meta = WebhookEndpoint._meta
+    endpoints = quote(endpoint_meta.db_table)
+    merchant_aggregator = (
+        f"(SELECT {ma_column} FROM {merchant_table} "
+        f"WHERE {merchant_table}.{quote(merchant_meta.pk.column)} = {table}.{quote(merchant.column)})"
+    )
+    webhooks = (
+        f"EXISTS (SELECT 1 FROM {endpoints} WHERE {endpoints}.{quote(endpoint_meta.get_field('enabled').column)} "
+        f"AND ({endpoints}.{quote(endpoint_meta.get_field('merchant').column)} = {table}.{quote(merchant.column)} "
+        f"OR {endpoints}.{quote(endpoint_meta.get_field('merchant_aggregator').column)} = {merchant_aggregator}))"
+    )
     columns = ", ".join(
         quote(meta.get_field(name).column)
         for name in ("id", "event_seq", "merchant", "store", "make", "model", "serial")
@@ -129,8 +143,7 @@ def _bump(device_ids: Sequence[int], presence: dict[str, Any]) -> dict[int, _Dev
     placeholders = ", ".join(["%s"] * len(device_ids))
     sql = (
         f"UPDATE {table} SET {', '.join(assignments)} WHERE {quote(meta.pk.column)} IN ({placeholders}) "
-        f"RETURNING {columns}, (SELECT {ma_column} FROM {merchant_table} "
-        f"WHERE {merchant_table}.{quote(merchant_meta.pk.column)} = {table}.{quote(merchant.column)})"
+        f"RETURNING {columns}, {merchant_aggregator}, {webhooks}"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, *device_ids])
@@ -142,6 +155,7 @@ def _bump(device_ids: Sequence[int], presence: dict[str, Any]) -> dict[int, _Dev
             store_id=row[3],
             tsn=f"{row[4]}-{row[5]}-{row[6]}",
             merchant_aggregator_id=row[7],
+            webhooks=bool(row[8]),
         )
         for row in rows
     }
@@ -194,7 +208,7 @@ def record(facts: Sequence[Fact], *, now: datetime, presence: dict[str, Any] | N
     else:
         Event.objects.bulk_create(events)
     fan_out(
-        events,
+        [event for event in events if devices[event.device_id].webhooks],
         merchant_of={
             fact.device_id: devices[fact.device_id].merchant_id for fact in facts if fact.device_id in devices
         },

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from django.db import transaction
+from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from connector.models import Event, WebhookDelivery
@@ -94,3 +95,33 @@ def test_deliveries_and_tasks_roll_back_with_the_fact(world):
         raise FactFailed
     assert not WebhookDelivery.objects.exists()
     assert not DBTaskResult.objects.filter(queue_name=QUEUE).exists()
+
+
+def test_recording_a_fact_with_no_endpoint_in_scope_costs_no_outbox_query(world, django_assert_num_queries):
+    # connector.history reads in its UPDATE ... RETURNING whether any enabled endpoint of the
+    # device's merchant or MA exists: a terminal coming online where nobody subscribed costs
+    # the update and the event's insert, nothing for the outbox.
+    from connector import history
+
+    endpoint_for(URL, SECRET, tenant=world.tenant, merchant_aggregator=world.sister_ma)
+    endpoint_for(URL, SECRET, tenant=world.tenant, merchant=world.merchant, enabled=False)
+    fact = history.Fact(device_id=world.device.pk, type=Event.Type.DEVICE_ONLINE, session_id="s1")
+    with django_assert_num_queries(2):
+        history.record([fact], now=timezone.now())
+    assert not WebhookDelivery.objects.exists()
+
+
+@pytest.mark.parametrize("level", ["merchant", "merchant_aggregator"])
+def test_recording_a_fact_with_an_endpoint_in_scope_writes_its_delivery(world, level):
+    from connector import history
+
+    scope = {"merchant": world.merchant} if level == "merchant" else {"merchant_aggregator": world.ma}
+    endpoint = endpoint_for(URL, SECRET, tenant=world.tenant, **scope)
+    facts = [
+        history.Fact(device_id=device.pk, type=Event.Type.DEVICE_OFFLINE, session_id="s1", data={"reason": "closed"})
+        for device in (world.device, world.other_device)
+    ]
+    history.record(facts, now=timezone.now())
+    # The other device is another merchant's of the same MA.
+    expected = {world.device.pk} if level == "merchant" else {world.device.pk, world.other_device.pk}
+    assert delivered_to(endpoint) == expected
