@@ -37,7 +37,7 @@ class Caller:
     client_id: str
     token_checksum: str | None = None
     # A registration with client credentials: the stored hash its secret was checked
-    # against, checked again when the session is written (sessions._credential_still_holds).
+    # against, checked again when the session is written (registrations._credential_still_holds).
     secret_hash: str | None = field(default=None, repr=False)
     # A registration by certificate: its SHA-256 fingerprint, the identity the session keeps
     # (DeviceSession.registered_fingerprint) and its device sockets must present again.

@@ -185,7 +185,7 @@ def device_certificate_remove(*, certificate: DeviceCertificate, actor: Principa
     registered with it end (their sockets close 4410 on commit).
 
     The row is deleted before the sessions are read: a registration with this certificate
-    holds a share lock on the row (sessions._credential_still_holds) until it commits, so
+    holds a share lock on the row (registrations._credential_still_holds) until it commits, so
     either it finds the row gone, or the delete waits and the read below finds its session."""
     from connector.sessions import sessions_end
 
@@ -213,7 +213,7 @@ def device_require_mtls_set(*, device: Device, require: bool, actor: Principal) 
     credential end (4410 on commit), and credential registrations answer 403 mtls_required.
 
     The device's live sessions are locked first, then the device row, the order a
-    registration takes them (sessions._register): a credential registration racing this
+    registration takes them (registrations._register): a credential registration racing this
     either commits first, and its session is found and ended below, or reads the flag on."""
     from connector.sessions import sessions_end, sessions_lock
 

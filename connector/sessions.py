@@ -20,48 +20,44 @@ device going offline and coming back; it ends with the session or with a release
 
 A session past its deadline is ended lazily whenever it is looked up here (`_settled`),
 so the state is right even when no sweeper ran (connector.nodes). Elsewhere: the socket
-slots, and with them going online and offline, in connector.session_sockets; who may call
-in connector.callers and connector.limiter; what the portal and the API read in
+slots, and with them going online and offline, in connector.session_sockets; registration
+(`device_register`: a new session, or the live one again) in connector.registrations, which
+uses the lookups and locks here (this module imports nothing from it); who may call in
+connector.callers and connector.limiter; what the portal and the API read in
 connector.selectors.
 
-Events go out after commit (connector.groups): `session.end` to the session's sockets,
-`claim.changed` / `claim.released` / `session.endpoints` to the session's sockets, and the
-POS events of §5 (`session_taken_over`, `session_ended`) to the claim holder's listeners.
+Events go out after commit (connector.groups): `session.end`, `claim.changed` and
+`claim.released` to the session's sockets, and the POS events of §5 (`session_taken_over`,
+`session_ended`) to the claim holder's listeners.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, connection, transaction
+from django.db import transaction
 from django.utils import timezone
-from oauth2_provider.models import AccessToken
 
-from accounts import errors
 from accounts.audit import audit_record
 from accounts.credentials import SCOPE_CLOUD_CONNECTOR
 from accounts.models import Application
 from accounts.oauth import credential_scopes
-from accounts.prepared import Prepared, insert, update
+from accounts.prepared import Prepared, update
 from accounts.scope import Level, Principal, principal_for_application
-from connector import groups, history, tokens
+from connector import groups, history
 from connector.callers import Caller
 from connector.conf import connector_settings
 from connector.errors import (
     CLOSE_GONE,
     DeviceOffline,
-    InvalidClient,
-    MtlsRequired,
     NotClaimed,
     SessionClaimed,
     SessionEnded,
     UnknownDevice,
     UnknownSession,
 )
-from connector.models import Device, DeviceCertificate, DeviceSession, DisconnectReason, SessionSocket
+from connector.models import Device, DeviceSession, DisconnectReason, SessionSocket
 from connector.selectors import (
     DEVICE_FIELDS,
     LIVE,
@@ -180,7 +176,7 @@ def session_lock(session_id: str, principal: Principal | None = None) -> DeviceS
     return session
 
 
-def _lock_live(session_id: str, now: datetime) -> DeviceSession | None:
+def lock_live(session_id: str, now: datetime) -> DeviceSession | None:
     """The session, locked and settled (`_settled` may end it), if it is still live."""
     locked = session_lock(session_id)
     session = _settled(locked, now) if locked is not None else None
@@ -197,186 +193,6 @@ def live_session_lock(session_id: str, now: datetime, *, principal: Principal | 
     if session.state == State.ENDED:
         raise SessionEnded()
     return session
-
-
-# --- registration ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Registration:
-    session_id: str
-    device_id: int
-    tsn: str
-    endpoints: list[str]
-    token: tokens.IssuedToken
-    created: bool
-
-
-def new_session_id() -> str:
-    # 192 random bits, url-safe: the contract asks for at least 128.
-    return secrets.token_urlsafe(24)
-
-
-_UNREAD = object()
-
-
-def device_register(
-    *,
-    caller: Caller,
-    tsn: str,
-    endpoints: list[str],
-    local_url: str = "",
-    fingerprint: str = "",
-    now: datetime | None = None,
-) -> Registration:
-    """Register a terminal: its live session (same id) or a new one, and a fresh JWT;
-    `local_url` its own server on the shop's network (v1.1 §14), already validated;
-    `fingerprint` a verified client certificate that came with the credentials."""
-    device = device_find(principal=caller.principal, tsn=tsn)
-    if fingerprint:
-        caller = _with_certificate(caller=caller, device=device, fingerprint=fingerprint)
-    device_require_usable(device=device)
-    now = now or timezone.now()
-    live_session_id = getattr(device, "live_session_id", _UNREAD)
-    for _attempt in range(3):
-        try:
-            return _register(
-                caller=caller,
-                device=device,
-                endpoints=endpoints,
-                local_url=local_url,
-                now=now,
-                live_session_id=live_session_id,
-            )
-        except IntegrityError:
-            # Another registration of the same device created its session between our
-            # read and our insert: the next round finds it live and reuses it.
-            live_session_id = _UNREAD
-            continue
-    raise errors.Conflict("The device is registering concurrently; try again.")
-
-
-def _with_certificate(*, caller: Caller, device: Device, fingerprint: str) -> Caller:
-    """A verified certificate beside valid credentials (v1.1 §15). The device is the one the
-    tsn names *in the credentials' scope*: a certificate enrolled for it binds the session
-    to it too (removing it ends the session; a `require_mtls` device accepts it); enrolled
-    for any other device, InvalidClient (one terminal's certificate never stands for
-    another); enrolled nowhere (or expired), the credentials decide alone. The credentials'
-    scope is what finds the device, never the certificate's enrolment: a certificate is no
-    secret, and one enrolled by another tenant on a twin device (same make and serial) must
-    not register a terminal that comes with its own tenant's credentials as that twin."""
-    from connector.certificates import certificate_for_fingerprint
-
-    certificate = certificate_for_fingerprint(fingerprint)
-    if certificate is None or certificate.not_after <= timezone.now():
-        return caller
-    if certificate.device_id != device.pk:
-        raise InvalidClient("This client certificate is enrolled for another device.")
-    return dataclasses.replace(caller, fingerprint=fingerprint)
-
-
-def _credential_still_holds(caller: Caller) -> bool:
-    """Is the credential a registration was checked with still there: its access token not
-    revoked, its client secret not rotated? Read first in the registration's transaction,
-    under a share lock on PostgreSQL (SQLite's writers take turns anyway): a rotation or a
-    revocation either commits first, and this finds nothing, or waits for the registration
-    to commit and then finds its session to end (connector.events). Without it, a secret
-    checked just before a rotation (a hash check takes a while) would still register."""
-    if caller.token_checksum is not None:
-        model, conditions = AccessToken, {"token_checksum": caller.token_checksum}
-    elif caller.secret_hash is not None:
-        model, conditions = Application, {"id": caller.application_id, "client_secret": caller.secret_hash}
-    elif caller.fingerprint:
-        # A certificate being removed (connector.certificates) is this registration's credential.
-        model, conditions = DeviceCertificate, {"fingerprint_sha256": caller.fingerprint}
-    else:
-        return True
-    meta, quote = model._meta, connection.ops.quote_name
-    where = " AND ".join(f"{quote(meta.get_field(name).column)} = %s" for name in conditions)
-    lock = " FOR SHARE" if connection.vendor == "postgresql" else ""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT 1 FROM {quote(meta.db_table)} WHERE {where}{lock}", list(conditions.values()))
-        return cursor.fetchone() is not None
-
-
-def _mtls_required(device_id: int) -> bool:
-    """Does the device accept certificate registrations only (v1.1 §15)? Read in the
-    registration's transaction, after its session's lock, under a share lock on the device
-    row: `device_require_mtls_set` locks the sessions, then updates the row, so a credential
-    registration either reads the flag on, or commits first and has its session ended."""
-    quote = connection.ops.quote_name
-    lock = " FOR SHARE" if connection.vendor == "postgresql" else ""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {quote('require_mtls')} FROM {quote(Device._meta.db_table)} WHERE {quote('id')} = %s{lock}",
-            [device_id],
-        )
-        row = cursor.fetchone()
-    return bool(row and row[0])
-
-
-@transaction.atomic
-def _register(
-    *, caller: Caller, device: Device, endpoints: list[str], local_url: str, now: datetime, live_session_id: object
-) -> Registration:
-    if not _credential_still_holds(caller):
-        raise InvalidClient()
-    if live_session_id is _UNREAD:
-        found = live_session_for_device(device=device, now=now)
-        live_session_id = found.pk if found is not None else None
-    session = None
-    if live_session_id is not None:
-        # Locked, and read again: it may have ended since (then it is a new session).
-        session = _lock_live(live_session_id, now)
-    if not caller.fingerprint and _mtls_required(device.pk):
-        raise MtlsRequired()
-    created = session is None
-    if created:
-        session = DeviceSession(
-            id=new_session_id(), device=device, endpoints=endpoints, local_url=local_url, jwt_expires_at=now
-        )
-    session.registered_by = caller.application_id
-    session.registered_token = caller.token_checksum or ""
-    session.registered_fingerprint = caller.fingerprint
-    token = tokens.device_token_issue(session_id=session.pk, device_id=device.pk, now=now.timestamp())
-    session.jwt_expires_at = now + timedelta(seconds=token.expires_in)
-    if created:
-        # An IntegrityError (a concurrent registration's session) rolls this transaction
-        # back and device_register tries again.
-        insert(session)
-        audit_record(
-            actor=caller.principal,
-            action="device.session_start",
-            obj=device,
-            tenant_id=device.tenant_id,
-            data={"session_id": session.pk, "endpoints": endpoints},
-        )
-    else:
-        _reregister(session=session, endpoints=endpoints, local_url=local_url, caller=caller)
-    return Registration(
-        session_id=session.pk, device_id=device.pk, tsn=device.tsn, endpoints=endpoints, token=token, created=created
-    )
-
-
-def _reregister(*, session: DeviceSession, endpoints: list[str], local_url: str, caller: Caller) -> None:
-    changes = {
-        "jwt_expires_at": session.jwt_expires_at,
-        "endpoints": endpoints,
-        "local_url": local_url,  # the shop's network may have given the terminal another address
-        # The session now stands on this registration's credential, not on the last one's.
-        "registered_by": caller.application_id,
-        "registered_token": caller.token_checksum or "",
-        "registered_fingerprint": caller.fingerprint,
-    }
-    if session.state == State.OFFLINE:
-        # The terminal is back: it has a fresh JWT to connect with, and the registered
-        # rule (end at JWT expiry if no socket comes) replaces the grace period.
-        changes.update(state=State.REGISTERED, offline_at=None, offline_until=None)
-    update(DeviceSession, session.pk, **changes)
-    if endpoints != session.endpoints:
-        groups.send_after_commit(
-            groups.session_group(session.pk), {"type": "session.endpoints", "endpoints": endpoints}
-        )
 
 
 # --- claims ----------------------------------------------------------------------------------
@@ -400,7 +216,7 @@ def session_claim(*, caller: Caller, tsn: str, force: bool = False, now: datetim
         raise DeviceOffline()
     now = now or timezone.now()
     with transaction.atomic():
-        session = _lock_live(live_session_id, now)
+        session = lock_live(live_session_id, now)
         if session is not None and not _still_reached(principal=caller.principal, device_id=device.pk):
             raise UnknownDevice()
         if session is not None:

@@ -938,7 +938,7 @@ def test_django_secret_key_rule_constants_are_what_the_settings_check_uses():
 
 
 def test_django_backend_operations_quote_names_for_raw_sql():
-    # _credential_still_holds (sessions) writes one SELECT by hand, FOR SHARE on PostgreSQL:
+    # _credential_still_holds (registrations) writes one SELECT by hand, FOR SHARE on PostgreSQL:
     # table and column names quoted by connection.ops.quote_name, the engine by
     # connection.vendor.
     from django.db import connection

@@ -8,7 +8,7 @@ import logging
 
 from accounts.credentials import bearer_from_header
 from accounts.errors import DomainError
-from connector import callers, certificates, errors, limiter, metrics, protocol, registrations, sessions
+from connector import callers, certificates, errors, limiter, metrics, protocol, registrations
 from connector.conf import connector_settings
 from connector.consumers.base import BaseConsumer, db
 from connector.protocol import Close
@@ -26,9 +26,9 @@ async def _answer_registration(
     secret check, a PBKDF2 run, happens in a worker thread of its own between two calls,
     so that a fleet of terminals registering at once does not stall attaches and claims.
     Only credential failures (invalid_client) count towards 429, per client id and address
-    (see sessions, "failed registrations"); a limited client id hears 429 before its
-    secret is checked. `fingerprint`: the client certificate the TLS proxy verified (v1.1
-    §15), which registers its device without credentials."""
+    (see connector.limiter); a limited client id hears 429 before its secret is checked.
+    `fingerprint`: the client certificate the TLS proxy verified (v1.1 §15), which
+    registers its device without credentials."""
     flow_id = None
     credentials = None
     tsn = None
@@ -100,53 +100,35 @@ async def _register(
     endpoints: list[str],
     local_url: str = "",
     fingerprint: str = "",
-) -> sessions.Registration:
+) -> registrations.Registration:
+    async def register(function, **arguments):
+        """`function` in a database thread with what every way of registering is given."""
+        return await db(
+            function,
+            address=address,
+            tsn=tsn,
+            endpoints=endpoints,
+            local_url=local_url,
+            fingerprint=fingerprint,
+            **arguments,
+        )
+
     if fingerprint and credentials is None and bearer is None:
-        return await db(
-            registrations.device_register_with_certificate,
-            address=address,
-            fingerprint=fingerprint,
-            tsn=tsn,
-            endpoints=endpoints,
-            local_url=local_url,
-        )
+        return await register(registrations.device_register_with_certificate)
     # With credentials, they decide, and a certificate counts only within their scope
-    # (sessions.device_register).
+    # (registrations.device_register).
     if credentials is None:
-        return await db(
-            registrations.device_register_with_token,
-            address=address,
-            raw_token=bearer,
-            tsn=tsn,
-            endpoints=endpoints,
-            local_url=local_url,
-            fingerprint=fingerprint,
-        )
+        return await register(registrations.device_register_with_token, raw_token=bearer)
     secret = credentials.client_secret
-    outcome = await db(
-        registrations.device_register_with_client,
-        address=address,
-        client_id=credentials.client_id,
-        client_secret=secret,
-        tsn=tsn,
-        endpoints=endpoints,
-        local_url=local_url,
-        fingerprint=fingerprint,
+    outcome = await register(
+        registrations.device_register_with_client, client_id=credentials.client_id, client_secret=secret
     )
-    if isinstance(outcome, sessions.Registration):
+    if isinstance(outcome, registrations.Registration):
         return outcome
     record = outcome.record
     secret_ok = await asyncio.to_thread(callers.secret_matches, secret, record.stored_secret if record else None)
     caller = callers.record_caller(record, secret_ok=secret_ok)
-    return await db(
-        registrations.device_register_checked,
-        address=address,
-        caller=caller,
-        tsn=tsn,
-        endpoints=endpoints,
-        local_url=local_url,
-        fingerprint=fingerprint,
-    )
+    return await register(registrations.device_register_checked, caller=caller)
 
 
 class DeviceListenerConsumer(BaseConsumer):

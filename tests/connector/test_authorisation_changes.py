@@ -41,20 +41,20 @@ def db(fn):
     return database_sync_to_async(fn)
 
 
-def register_with_secret(world, pos=None) -> sessions.Registration:
+def register_with_secret(world, pos=None) -> registrations.Registration:
     pos = pos or world.pos
     caller = callers.caller_from_client_credentials(
         client_id=pos.application.client_id, client_secret=pos.client_secret
     )
-    return sessions.device_register(caller=caller, tsn=world.device.tsn, endpoints=["/"])
+    return registrations.device_register(caller=caller, tsn=world.device.tsn, endpoints=["/"])
 
 
-def register_with_token(world, token: str) -> sessions.Registration:
+def register_with_token(world, token: str) -> registrations.Registration:
     caller = callers.caller_from_bearer(token)
-    return sessions.device_register(caller=caller, tsn=world.device.tsn, endpoints=["/"])
+    return registrations.device_register(caller=caller, tsn=world.device.tsn, endpoints=["/"])
 
 
-def session_of(registration: sessions.Registration) -> DeviceSession:
+def session_of(registration: registrations.Registration) -> DeviceSession:
     return DeviceSession.objects.get(pk=registration.session_id)
 
 
@@ -101,7 +101,7 @@ def test_a_secret_checked_just_before_the_rotation_does_not_register_after_it(wo
     )
     account_services.credential_rotate(obj=world.pos, actor=SYSTEM)
     with pytest.raises(InvalidClient):
-        sessions.device_register(caller=caller, tsn=world.device.tsn, endpoints=["/"])
+        registrations.device_register(caller=caller, tsn=world.device.tsn, endpoints=["/"])
     assert not DeviceSession.objects.filter(device=world.device).exists()
 
 
@@ -109,7 +109,7 @@ def test_a_token_checked_just_before_its_revocation_does_not_register_after_it(w
     caller = callers.caller_from_bearer(world.pos_token)
     assert access_token_revoke(application=world.pos.application, raw_token=world.pos_token)
     with pytest.raises(InvalidClient):
-        sessions.device_register(caller=caller, tsn=world.device.tsn, endpoints=["/"])
+        registrations.device_register(caller=caller, tsn=world.device.tsn, endpoints=["/"])
 
 
 def test_revoking_the_token_a_terminal_registered_with_ends_its_session_and_no_other(world):
@@ -139,7 +139,7 @@ def test_the_secret_memo_forgets_the_old_secret_at_the_rotation(world, django_ca
 
 
 def test_a_remembered_old_secret_no_longer_registers_after_the_rotation(world):
-    assert isinstance(register_with_secret(world), sessions.Registration)  # remembered now
+    assert isinstance(register_with_secret(world), registrations.Registration)  # remembered now
     account_services.credential_rotate(obj=world.pos, actor=SYSTEM)
     outcome = registrations.device_register_with_client(
         address="192.0.2.1",

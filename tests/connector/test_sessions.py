@@ -45,9 +45,11 @@ def caller_of(pos_or_app) -> callers.Caller:
     return callers.caller_from_bearer(make_access_token(pos_or_app))
 
 
-def register(world, *, endpoints=None, now=None, device=None) -> sessions.Registration:
+def register(world, *, endpoints=None, now=None, device=None) -> registrations.Registration:
     device = device or world.device
-    return sessions.device_register(caller=caller_of(world.pos), tsn=device.tsn, endpoints=endpoints or ["/"], now=now)
+    return registrations.device_register(
+        caller=caller_of(world.pos), tsn=device.tsn, endpoints=endpoints or ["/"], now=now
+    )
 
 
 def attach_device(registration, endpoint="/", channel="dev-1", node="node-a"):
@@ -228,7 +230,7 @@ def test_a_registration_with_client_credentials_takes_one_call_once_the_secret_i
     assert DeviceSession.objects.count() == 0  # nothing registered before the secret is checked
     assert callers.secret_matches(secret, first.record.stored_secret)
     registration = registrations.device_register_with_client(client_secret=secret, **arguments)
-    assert isinstance(registration, sessions.Registration)
+    assert isinstance(registration, registrations.Registration)
     assert isinstance(
         registrations.device_register_with_client(client_secret="wrong", **arguments), registrations.SecretToCheck
     )
@@ -670,7 +672,7 @@ def test_deleting_the_claiming_pos_ends_the_sessions_it_claimed(world, django_ca
 def test_rotating_the_secret_keeps_the_claim(world, django_capture_on_commit_callbacks):
     # Registered with another credential: a session registered with the rotated one ends
     # (tests/connector/test_authorisation_changes.py).
-    registration = sessions.device_register(caller=caller_of(world.app), tsn=world.device.tsn, endpoints=["/"])
+    registration = registrations.device_register(caller=caller_of(world.app), tsn=world.device.tsn, endpoints=["/"])
     sessions.session_claim(caller=caller_of(world.pos), tsn=world.device.tsn)
     with django_capture_on_commit_callbacks(execute=True):
         account_services.credential_rotate(obj=world.pos, actor=SYSTEM)
@@ -691,4 +693,4 @@ def test_an_application_losing_its_role_loses_its_claims(world, django_capture_o
 def test_a_pos_in_another_store_is_an_outsider_even_with_a_valid_token(world):
     caller = caller_of(make_pos(store=StoreFactory()))
     with pytest.raises(UnknownDevice):
-        sessions.device_register(caller=caller, tsn=world.device.tsn, endpoints=["/"])
+        registrations.device_register(caller=caller, tsn=world.device.tsn, endpoints=["/"])
