@@ -7,6 +7,10 @@ One connection per endpoint at a time, as on the relay: a newer one replaces the
 (closed 4409). A path that is not one of the terminal's endpoints is refused (404 at the
 handshake). No authentication: the simulator stands for a terminal whose local protocol is
 its own business; a real terminal protects its local server as its maker decides.
+
+The simulated terminal (connector.clients.terminal) gets one from its `local_port` and
+`local_host` options (`local_server`), answers with the same script as on the cloud, and
+closes it (1001) once back on the cloud, which tells a POS on the local network to return.
 """
 
 from __future__ import annotations
@@ -53,6 +57,16 @@ class LocalServer:
         if self._server is None:
             self._server = await serve(self._handle, self.host, self.port, process_request=self._check_path)
             logger.info("serving %s locally on %s", ", ".join(self.endpoints), self.url)
+
+    async def fall_back(self, tsn: str) -> None:
+        """The cloud link is down: serve the endpoints meanwhile. A port that cannot be served
+        is logged, not raised: the terminal keeps trying to come back to the cloud."""
+        if self.serving:
+            return
+        try:
+            await self.start()
+        except OSError as exc:
+            logger.warning("%s: cannot serve locally on %s: %s", tsn, self.url, exc)
 
     async def stop(self) -> None:
         server, self._server = self._server, None
@@ -101,3 +115,8 @@ class LocalServer:
         finally:
             if self.connections.get(endpoint) is ws:
                 del self.connections[endpoint]
+
+
+def local_server(port: int | None, *, host: str, endpoints: list[str], answer: Answerer) -> LocalServer | None:
+    """The terminal's local server for its `local_port` and `local_host` options; None without a port."""
+    return None if port is None else LocalServer(host=host, port=port, endpoints=endpoints, answer=answer)

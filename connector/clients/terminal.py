@@ -19,7 +19,6 @@ import contextlib
 import inspect
 import json
 import logging
-import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from connector.clients.common import (
 
 # Re-exported: it was defined here before the POS client needed it too, and callers import it from here.
 from connector.clients.common import backoff_delay as backoff_delay
-from connector.clients.local_server import LocalServer
+from connector.clients.local_server import local_server
 
 logger = logging.getLogger(__name__)
 
@@ -138,19 +137,6 @@ class Registration:
             raise ProtocolViolation(f"registration answer without {exc}: {dict(resource)}") from None
 
 
-def client_certificate_context(certfile: str, keyfile: str, *, cafile: str | None = None) -> ssl.SSLContext:
-    """A TLS context that presents the terminal's client certificate (v1.1 §15: registered
-    by certificate, no client id or secret), for `connect_kwargs={"ssl": ...}`. The server
-    is verified against `cafile`, or the system's trust (and SSL_CERT_FILE). Raises
-    ClientError when the files cannot be read or the key does not match the certificate."""
-    context = ssl.create_default_context(cafile=cafile)
-    try:
-        context.load_cert_chain(certfile, keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        raise ClientError(f"cannot use the client certificate {certfile} with key {keyfile}: {exc}") from None
-    return context
-
-
 def registration_request(
     *,
     tsn: str,
@@ -234,10 +220,8 @@ class SimulatedTerminal:
       counted until a connection is served and lost other than by a 1013;
       `max_attempts` consecutive failures stop it (None: never). A 1013 never does.
     - `attempts` counts the registrations tried, `sheds` the 1013 closes seen.
-    - `local_port` (v1.1 §14): registers `local_url` ws://`local_host`:`local_port` and,
-      while the cloud link is down, serves its endpoints there itself
-      (connector.clients.local_server), with the same script; back on the cloud, it closes
-      the local server (1001), which tells a POS on the local network to return.
+    - `local_port` (v1.1 §14): registers `local_url` ws://`local_host`:`local_port` and serves
+      its endpoints there while the cloud link is down (connector.clients.local_server).
     """
 
     def __init__(
@@ -293,11 +277,7 @@ class SimulatedTerminal:
         self._may_connect.set()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self.local: LocalServer | None = None
-        if local_port is not None:
-            self.local = LocalServer(
-                host=local_host, port=local_port, endpoints=self.endpoints or ["/"], answer=self._answer_local
-            )
+        self.local = local_server(local_port, host=local_host, endpoints=self.endpoints or ["/"], answer=self._take)
 
     # -- public ----------------------------------------------------------------------
 
@@ -427,7 +407,8 @@ class SimulatedTerminal:
                     failures = 0
             if self._stopping:
                 return
-            await self._serve_locally()
+            if self.local is not None:
+                await self.local.fall_back(self.tsn)
             failures += 1
             if self.max_attempts is not None and failures > self.max_attempts:
                 raise TerminalStopped(f"gave up after {self.max_attempts} attempts; last: {why}")
@@ -509,24 +490,13 @@ class SimulatedTerminal:
     async def _answer_all(self, endpoint: str, ws: ClientConnection) -> None:
         with contextlib.suppress(ConnectionClosed):
             async for frame in ws:
-                if self.record:
-                    self.inbox.setdefault(endpoint, asyncio.Queue()).put_nowait(frame)
-                answer = await self._answer(endpoint, frame)
-                if self.on_frame is not None:
-                    self.on_frame(endpoint, frame, answer)
+                answer = await self._take(endpoint, frame)
                 if answer is not None:
                     await ws.send(answer)
 
-    async def _serve_locally(self) -> None:
-        """The cloud link is down: serve the endpoints on the local network meanwhile."""
-        if self.local is None or self.local.serving:
-            return
-        try:
-            await self.local.start()
-        except OSError as exc:
-            logger.warning("%s: cannot serve locally on %s: %s", self.tsn, self.local.url, exc)
-
-    async def _answer_local(self, endpoint: str, frame: Frame) -> Answer:
+    async def _take(self, endpoint: str, frame: Frame) -> Answer:
+        """Record a frame, answer it by the script and tell `on_frame`: the same for a frame
+        from the cloud or from the local server."""
         if self.record:
             self.inbox.setdefault(endpoint, asyncio.Queue()).put_nowait(frame)
         answer = await self._answer(endpoint, frame)

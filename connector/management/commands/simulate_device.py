@@ -24,13 +24,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from connector.clients.common import ClientError, CloseReport, Frame, preview, websocket_base
-from connector.clients.terminal import (
-    Registration,
-    SimulatedTerminal,
-    client_certificate_context,
-    echo,
-    upp_answer,
-)
+from connector.clients.terminal import Registration, SimulatedTerminal, echo, upp_answer
+from connector.clients.tls import client_certificate_context
 
 RESPONDERS = {"upp": upp_answer, "echo": echo}
 
