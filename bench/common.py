@@ -252,9 +252,10 @@ class Demo:
     tsns: list[str]
 
 
-def fresh_backends(devices: int) -> Demo:
-    """Drop and create the benchmark's database, flush its Redis database, migrate, and fill
-    it through the service functions: one store with `devices` terminals and one POS."""
+def fresh_database(fill: str) -> dict:
+    """Drop and create the benchmark's database, flush its Redis database, migrate, and run
+    `fill` (Python, after django.setup()) on it; `fill` prints its result as JSON on its last
+    line, which is returned."""
     name = DATABASE_URL.rsplit("/", 1)[1]
     admin = DATABASE_URL.rsplit("/", 1)[0] + "/postgres"
     subprocess.run(["psql", "-q", admin, "-c", f"DROP DATABASE IF EXISTS {name}"], check=True)
@@ -265,9 +266,17 @@ def fresh_backends(devices: int) -> Demo:
     )
     env = server_env()
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
-    script = f"""
-import json, django
-django.setup()
+    script = "import json, django\ndjango.setup()\n" + fill
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def fresh_backends(devices: int) -> Demo:
+    """A fresh database (fresh_database) filled through the service functions: one store with
+    `devices` terminals and one POS."""
+    data = fresh_database(f"""
 from accounts import services as a
 from accounts.scope import SYSTEM
 from connector import services as c
@@ -282,11 +291,7 @@ c.service_activate(obj=ma, actor=SYSTEM)
 c.service_activate(obj=merchant, actor=SYSTEM)
 pos = a.pos_create(store=store, name="Bench POS", actor=SYSTEM)
 print(json.dumps({{"client_id": pos.client_id, "client_secret": pos.client_secret, "tsns": tsns}}))
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, check=True, capture_output=True, text=True
-    ).stdout
-    data = json.loads(out.strip().splitlines()[-1])
+""")
     return Demo(domain="bench", client_id=data["client_id"], client_secret=data["client_secret"], tsns=data["tsns"])
 
 

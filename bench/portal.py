@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -32,14 +31,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    DATABASE_URL,
-    REDIS_URL,
-    ROOT,
     Server,
+    fresh_database,
     machine,
     now,
     register_device,
-    server_env,
     start,
     write_section,
 )
@@ -100,22 +96,10 @@ class Result:
 
 
 def fresh_estate(devices: int) -> Estate:
-    """Drop and create the benchmark's database, flush its Redis database, migrate, and make
-    one merchant with `devices` terminals in STORES stores (inserted in bulk: provisioning is
-    not what is measured), Cloud Connector on for all, a POS, and a signed-in administrator."""
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    admin = DATABASE_URL.rsplit("/", 1)[0] + "/postgres"
-    subprocess.run(["psql", "-q", admin, "-c", f"DROP DATABASE IF EXISTS {name}"], check=True)
-    subprocess.run(["psql", "-q", admin, "-c", f"CREATE DATABASE {name}"], check=True)
-    db = REDIS_URL.rsplit("/", 1)[1]
-    subprocess.run(
-        ["redis-cli", "-u", REDIS_URL.rsplit("/", 1)[0], "-n", db, "flushdb"], check=True, capture_output=True
-    )
-    env = server_env()
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
-    script = f"""
-import json, django
-django.setup()
+    """A fresh database (common.fresh_database) with one merchant with `devices` terminals in
+    STORES stores (inserted in bulk: provisioning is not what is measured), Cloud Connector on
+    for all, a POS, and a signed-in administrator."""
+    data = fresh_database(f"""
 from importlib import import_module
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
@@ -146,11 +130,7 @@ first = list(Device.objects.order_by("store__name", "make", "model", "serial", "
              .values_list("pk", "make", "model", "serial"))
 print(json.dumps({{"session": session.session_key, "client_id": pos.client_id,
                   "client_secret": pos.client_secret, "devices": first}}))
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, check=True, capture_output=True, text=True
-    ).stdout
-    data = json.loads(out.strip().splitlines()[-1])
+""")
     ids = [row[0] for row in data["devices"]]
     return Estate(
         session_key=data["session"],

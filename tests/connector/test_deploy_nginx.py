@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -30,105 +29,24 @@ from django.db import connection
 
 from connector.clients import PosClient, SimulatedTerminal, fetch_token_sync, upp_answer
 from connector.clients.common import parse_envelope
+from tests.connector.nginx import require_nginx, running_nginx, wait_listening
 from tests.factories import make_pos, make_usable_device
 from tests.live import free_port, server_env
 
 pytestmark = [pytest.mark.live, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parents[2]
-CONF = ROOT / "docs" / "nginx" / "cloud-connector.conf"
-NGINX = Path("/usr/sbin/nginx")
 TRANSACTION = "/upp/v1/transaction"
 SCENARIO_TIMEOUT = 60
 
 
 def require_nginx_and_shared_backends() -> None:
-    if not NGINX.exists():
-        pytest.skip("nginx is not installed at /usr/sbin/nginx (apt-get install -y nginx; .ci/run does)")
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: no certificate for nginx's TLS listener")
+    require_nginx()
     if connection.vendor != "postgresql" or not os.environ.get("REDIS_URL"):
         pytest.skip(
             "two server processes behind nginx need a shared database and channel layer: "
             "run with DATABASE_URL (PostgreSQL) and REDIS_URL; SQLite and the in-memory layer are single-process"
         )
-
-
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
-        + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
-def substitute(text: str, pattern: str, replacement: str) -> str:
-    """Replace what the documented file says; fail loudly when the file no longer says it."""
-    result, count = re.subn(pattern, replacement, text, flags=re.MULTILINE)
-    assert count, f"docs/nginx/cloud-connector.conf no longer matches {pattern!r}"
-    return result
-
-
-def render_site(
-    *,
-    listen: int,
-    backends: list[int],
-    cert: Path,
-    key: Path,
-    static: Path,
-    client_ca: Path | None = None,
-    crl: Path | None = None,
-) -> str:
-    """The documented file with the test's ports and paths; the device CA bundle is the
-    server's own certificate unless `client_ca` names one (test_mtls_nginx), the CRL
-    line stays commented out unless `crl` is given."""
-    site = CONF.read_text()
-    site = substitute(site, r"ssl_client_certificate\s+\S+;", f"ssl_client_certificate {client_ca or cert};")
-    if crl is not None:
-        site = substitute(site, r"#\s*ssl_crl\s+\S+;", f"ssl_crl {crl};")
-    site = substitute(site, r"^\s*server 127\.0\.0\.1:\d+ .*;\n", "")
-    servers = "".join(f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=10s;\n" for port in backends)
-    site = substitute(site, r"(hash \$cc_session consistent;\n)", lambda m: m.group(1) + servers)
-    site = substitute(site, r"^\s*listen \[::\]:443 ssl;\n", "")
-    site = substitute(site, r"listen 443 ssl;", f"listen 127.0.0.1:{listen} ssl;")
-    site = substitute(site, r"ssl_certificate\s+\S+;", f"ssl_certificate {cert};")
-    site = substitute(site, r"ssl_certificate_key\s+\S+;", f"ssl_certificate_key {key};")
-    return substitute(site, r"alias \S+;", f"alias {static}/;")
-
-
-def main_config(prefix: Path, site: Path) -> str:
-    temp = "\n".join(
-        f"    {kind}_temp_path {prefix / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    return f"""{user}daemon off;
-worker_processes 1;
-pid {prefix / "nginx.pid"};
-error_log {prefix / "error.log"} info;
-events {{ worker_connections 512; }}
-http {{
-    log_format upstream '$uri $upstream_addr $status';
-    access_log {prefix / "access.log"} upstream;
-{temp}
-    include {site};
-}}
-"""
-
-
-def wait_listening(port: int, process: subprocess.Popen, log: Path, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port} within {timeout:g} s:\n{log.read_text(errors='replace')}")
 
 
 @pytest.fixture
@@ -190,31 +108,10 @@ def backends(nginx_port: int, tmp_path: Path) -> Iterator[list[Backend]]:
 @pytest.fixture
 def nginx(nginx_port: int, backends: list[Backend], tmp_path: Path) -> Iterator[Path]:
     """nginx on nginx_port in front of the backends; yields its prefix (logs)."""
-    prefix = tmp_path / "nginx"
-    prefix.mkdir()
-    cert, key = self_signed_certificate(prefix)
-    (prefix / "static").mkdir()
-    site = prefix / "cloud-connector.conf"
-    site.write_text(
-        render_site(
-            listen=nginx_port, backends=[s.port for s in backends], cert=cert, key=key, static=prefix / "static"
-        )
-    )
-    conf = prefix / "nginx.conf"
-    conf.write_text(main_config(prefix, site))
-    test = subprocess.run(
-        [str(NGINX), "-t", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
-        capture_output=True,
-        text=True,
-    )
-    assert test.returncode == 0, test.stderr
-    process = subprocess.Popen([str(NGINX), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")])
     try:
-        wait_listening(nginx_port, process, prefix / "error.log")
-        yield prefix
+        with running_nginx(tmp_path, listen=nginx_port, backends=[s.port for s in backends]) as (prefix, _):
+            yield prefix
     finally:
-        process.terminate()
-        process.wait(10)
         print(f"--- bin/serve ---\n{backends[0].log()[-10000:]}")
 
 

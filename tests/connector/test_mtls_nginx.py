@@ -1,6 +1,6 @@
 """Device identity by certificate (v1.1 §15) end to end over TLS: nginx running
-docs/nginx/cloud-connector.conf (templated as test_deploy_nginx does, with a device CA and a
-CRL made here with `cryptography`) in front of `make serve`'s uvicorn worker, and real TLS
+docs/nginx/cloud-connector.conf (templated by tests/connector/nginx.py as for test_deploy_nginx, with
+a device CA and a CRL made here with `cryptography`) in front of `make serve`'s uvicorn worker, and real TLS
 clients: terminals presenting client certificates, a POS presenting none.
 
 Skipped only where nginx (or openssl, for the server's certificate) is missing; CI installs
@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import select
-import shutil
 import ssl
 import subprocess
 import sys
@@ -34,13 +33,7 @@ from connector.clients import PosClient, RegistrationRefused, SimulatedTerminal,
 from connector.clients.common import SocketClosed, parse_envelope
 from connector.models import DeviceSession
 from tests.connector.mtls_pki import DeviceCA, Issued
-from tests.connector.test_deploy_nginx import (
-    NGINX,
-    main_config,
-    render_site,
-    self_signed_certificate,
-    wait_listening,
-)
+from tests.connector.nginx import require_nginx, running_nginx
 from tests.live import ROOT, LiveServer, free_port, run_bounded, server_env, start_server
 from tests.world import World
 
@@ -52,13 +45,6 @@ pytestmark = [
 
 TRANSACTION = "/upp/v1/transaction"
 SCENARIO_TIMEOUT = 60
-
-
-def require_nginx() -> None:
-    if not NGINX.exists():
-        pytest.skip("nginx is not installed at /usr/sbin/nginx (apt-get install -y nginx; .ci/run does)")
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: no certificate for nginx's TLS listener")
 
 
 @dataclass
@@ -117,37 +103,16 @@ def edge(pki: Pki, tmp_path: Path) -> Iterator[Edge]:
     require_nginx()
     port = free_port()
     server = start_server(tmp_path, server="uvicorn", CC_PUBLIC_WS_URL=f"wss://127.0.0.1:{port}")
-    prefix = tmp_path / "nginx"
-    prefix.mkdir()
-    cert, key = self_signed_certificate(prefix)
-    (prefix / "static").mkdir()
-    site = prefix / "cloud-connector.conf"
-    site.write_text(
-        render_site(
+    try:
+        with running_nginx(
+            tmp_path,
             listen=port,
             backends=[server.port],
-            cert=cert,
-            key=key,
-            static=prefix / "static",
             client_ca=pki.directory / "device-ca.pem",
             crl=pki.directory / "device-ca.crl",
-        )
-    )
-    conf = prefix / "nginx.conf"
-    conf.write_text(main_config(prefix, site))
-    checked = subprocess.run(
-        [str(NGINX), "-t", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
-        capture_output=True,
-        text=True,
-    )
-    assert checked.returncode == 0, checked.stderr
-    nginx = subprocess.Popen([str(NGINX), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")])
-    try:
-        wait_listening(port, nginx, prefix / "error.log")
-        yield Edge(url=f"https://127.0.0.1:{port}", server=server, server_cert=cert, prefix=prefix)
+        ) as (prefix, cert):
+            yield Edge(url=f"https://127.0.0.1:{port}", server=server, server_cert=cert, prefix=prefix)
     finally:
-        nginx.terminate()
-        nginx.wait(10)
         server.stop()
         print(f"--- server ---\n{server.log()[-10000:]}")
 

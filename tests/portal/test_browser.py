@@ -240,11 +240,37 @@ class TerminalThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
+        self.terminal = None
 
     def run(self, coroutine, timeout: float = 30):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
+    def connect(self, url: str, device, pos):
+        """Start a terminal for `device` with `pos`'s credentials, registered once it returns."""
+        from connector.clients.terminal import SimulatedTerminal
+
+        async def start():
+            terminal = SimulatedTerminal(
+                url,
+                tsn=device.serial,
+                client_id=pos.application.client_id,
+                client_secret=pos.client_secret,
+                max_attempts=1,
+            )
+            await terminal.start()
+            return terminal
+
+        self.terminal = self.run(start())
+        return self.terminal
+
+    def disconnect(self) -> None:
+        self.run(self.terminal.stop())
+        self.terminal = None
+
     def close(self) -> None:
+        """Stop the terminal if a test failed before disconnecting it, then the loop."""
+        if self.terminal is not None:
+            self.disconnect()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
@@ -253,7 +279,6 @@ class TerminalThread:
 @pytest.mark.cloud_connector_on
 def test_a_device_goes_online_and_offline_on_the_open_page(world, new_page, live, shot):
     from connector.clients.pos import PosClient, fetch_token
-    from connector.clients.terminal import SimulatedTerminal
 
     device, pos = world.device, world.pos
     DeviceFactory(store=world.store, serial="230123457")  # created after activation: not active
@@ -264,21 +289,8 @@ def test_a_device_goes_online_and_offline_on_the_open_page(world, new_page, live
     assert row.get_attribute("data-connection") == "none"
 
     worker = TerminalThread()
-    terminal = None
     try:
-
-        async def connect_terminal():
-            t = SimulatedTerminal(
-                live.ws_url,
-                tsn=device.serial,
-                client_id=pos.application.client_id,
-                client_secret=pos.client_secret,
-                max_attempts=1,
-            )
-            await t.start()
-            return t
-
-        terminal = worker.run(connect_terminal())
+        worker.connect(live.ws_url, device, pos)
         page.wait_for_selector(f'#device-{device.pk}[data-connection="online"]')
         assert "free" in row.inner_text()
 
@@ -317,14 +329,11 @@ def test_a_device_goes_online_and_offline_on_the_open_page(world, new_page, live
         shot(page, "11-device-detail")
         worker.run(pos_client.close())
 
-        worker.run(terminal.stop())
-        terminal = None
+        worker.disconnect()
         page.wait_for_selector('#device-state[data-connection="offline"]')
         page.goto("/devices/")
         page.wait_for_selector(f'#device-{device.pk}[data-connection="offline"]')
     finally:
-        if terminal is not None:
-            worker.run(terminal.stop())
         worker.close()
 
 

@@ -42,8 +42,6 @@ def wait_live(page) -> None:
 
 @pytest.mark.cloud_connector_on
 def test_search_pages_and_a_terminal_connecting_show_without_a_reload(world, new_page, live, shot):  # noqa: F811
-    from connector.clients.terminal import SimulatedTerminal
-
     estate(world)
     device, pos = world.device, world.pos
     page = new_page()
@@ -82,34 +80,18 @@ def test_search_pages_and_a_terminal_connecting_show_without_a_reload(world, new
     page.evaluate("window.notReloaded = true")
 
     worker = TerminalThread()
-    terminal = None
     try:
-
-        async def connect_terminal():
-            t = SimulatedTerminal(
-                live.ws_url,
-                tsn=device.serial,
-                client_id=pos.application.client_id,
-                client_secret=pos.client_secret,
-                max_attempts=1,
-            )
-            await t.start()
-            return t
-
-        terminal = worker.run(connect_terminal())
+        worker.connect(live.ws_url, device, pos)
         page.wait_for_selector(f'#device-{device.pk}[data-connection="online"]')
         assert "free" in row.inner_text()
         assert page.evaluate("window.notReloaded") is True
         shot(page, "32-devices-pushed-online")
 
-        worker.run(terminal.stop())
-        terminal = None
+        worker.disconnect()
         page.wait_for_selector(f'#device-{device.pk}[data-connection="offline"]')
         assert "free" not in row.inner_text()  # an offline device is never free
         assert page.evaluate("window.notReloaded") is True
     finally:
-        if terminal is not None:
-            worker.run(terminal.stop())
         worker.close()
 
     page.locator("#legend summary").click()
