@@ -59,6 +59,7 @@ uvicorn
 - handle_pong and connection_lost replaced per protocol; conn.send_ping and data_to_send; handshake_complete,
   close_sent; the keepalive's 4-byte payload, not ours (watch_pongs, ping).
 - keepalive_timeout's conn.fail(1011, "keepalive ping timeout"), read back as conn.close_sent (ping_timed_out).
+- request and response on the protocol, read only until the accept is sent; dropped after it (handshake_forget).
 
 Django
 - SQL compiler: get_compiler, as_sql, select, col_count, Query.selected, get_converters... (Prepared).
@@ -784,6 +785,45 @@ def test_uvicorns_send_is_a_method_of_its_protocol_which_holds_the_transport_and
     assert "await self.writable.wait()" in source(WebSocketsSansIOProtocol.send)
     assert "self.writable.clear()" in source(WebSocketsSansIOProtocol.pause_writing)
     assert "self.app(self.scope, self.receive, self.send)" in source(WebSocketsSansIOProtocol.run_asgi)
+
+
+def test_uvicorn_reads_the_handshake_request_and_response_only_until_the_socket_is_accepted():
+    # handshake_forget sets the protocol's `request` and `response` to None once the socket is
+    # accepted (about 3 KiB per idle terminal): uvicorn must read them nowhere else than in
+    # handle_connect and in send's accept branch, which runs only before handshake_complete.
+    import inspect
+
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    from connector.relay import servers
+
+    checked_against("uvicorn")
+    readers = {
+        name
+        for name, function in inspect.getmembers(WebSocketsSansIOProtocol, inspect.isfunction)
+        if "self.request" in source(function) or "self.response" in source(function)
+    }
+    assert readers == {"handle_connect", "send"}
+    send = source(WebSocketsSansIOProtocol.send)
+    guard = send.index("if not self.handshake_complete and self.initial_response is None:")
+    assert all(guard < position for position in (send.index("self.response"), send.rindex("self.response")))
+    assert send.index('message["type"] == "websocket.accept"') > guard
+    assert send.index("self.handshake_complete = True") < send.rindex("self.response")
+
+    class Accepted:
+        handshake_complete, request, response = True, object(), object()
+
+        async def send(self, message):
+            pass
+
+    class Handshaking(Accepted):
+        handshake_complete = False
+
+    accepted, handshaking = Accepted(), Handshaking()
+    servers.handshake_forget(accepted.send)
+    servers.handshake_forget(handshaking.send)
+    assert accepted.request is None and accepted.response is None
+    assert handshaking.request is not None and handshaking.response is not None
 
 
 def test_uvicorn_logs_a_client_s_bad_utf8_with_the_words_the_log_filter_matches():

@@ -237,6 +237,7 @@ class BaseConsumer(AsyncWebsocketConsumer):
 
     async def accept(self, subprotocol: str | None = None, headers=None) -> None:
         await super().accept(subprotocol, headers)
+        servers.handshake_forget(self.base_send)
         if self.kind is not None:
             metrics.socket_opened(kind=self.kind)
         self.log("opened")

@@ -75,7 +75,8 @@ route), autobahn's `sendCloseFrame` (its public `sendClose` refuses 1001 and 100
 `ping_timed_out`): autobahn's `onPong` replaced on the protocol object, its `is_closed`,
 `sendPing`, `state` and `wasNotCleanReason`; uvicorn's `handle_pong` and `connection_lost`
 replaced on its protocol object, its `conn` (websockets' sans-I/O protocol: `send_ping`,
-`data_to_send`, `close_sent`), `handshake_complete`, `close_sent` and `transport`.
+`data_to_send`, `close_sent`), `handshake_complete`, `close_sent` and `transport`. Memory
+(`handshake_forget`): uvicorn's `request` and `response`, read only during the handshake.
 """
 
 from __future__ import annotations
@@ -333,6 +334,18 @@ def _closing(pongs: _Pongs) -> Callable[[Any], Any]:
         return result  # a Deferred's callbacks chain: hand the result on unchanged
 
     return closed
+
+
+def handshake_forget(send: Any) -> None:
+    """Once a socket is accepted, let uvicorn drop the handshake's request and response it
+    keeps on its protocol object (`request`, `response`: websockets' objects with their
+    headers, about 3 KiB a socket that an idle terminal would hold for its whole life; the
+    scope keeps the headers the application reads). uvicorn reads them only while it
+    answers the handshake. Nothing on other servers."""
+    protocol = getattr(send, "__self__", None)
+    if getattr(protocol, "handshake_complete", False) and hasattr(protocol, "response"):
+        protocol.request = None
+        protocol.response = None
 
 
 def _server_socket(send: Any) -> _DaphneSocket | _UvicornSocket | None:

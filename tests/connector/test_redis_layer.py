@@ -388,3 +388,30 @@ def test_a_group_message_for_a_channel_at_capacity_is_skipped_for_it_alone(redis
                 await other.close_pools()
 
     run_bounded(scenario(), timeout=30)
+
+
+def test_a_socket_buffer_keeps_order_drops_the_oldest_at_capacity_and_wakes_its_reader():
+    from connector.relay.redis_layer import SocketQueue
+
+    async def scenario() -> None:
+        buffer = SocketQueue(3)
+        assert buffer.empty() and buffer.items is None  # an idle socket's buffer holds no deque
+        reader = asyncio.create_task(buffer.get())
+        await asyncio.sleep(0)
+        buffer.put_nowait("first")
+        assert await asyncio.wait_for(reader, 1) == "first"
+        for n in range(5):
+            buffer.put_nowait(n)
+        assert [await buffer.get() for _ in range(3)] == [2, 3, 4]  # 0 and 1 went at capacity 3
+        assert buffer.empty() and buffer.items is None and buffer.waiter is None
+        # A reader cancelled while waiting leaves nothing behind, and the next one gets the message.
+        cancelled = asyncio.create_task(buffer.get())
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert buffer.waiter is None
+        buffer.put_nowait("next")
+        assert await buffer.get() == "next"
+
+    run_bounded(scenario(), timeout=10)
