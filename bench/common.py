@@ -241,6 +241,68 @@ def start(kind: str, settings: str = "portal.settings") -> Server:
     return Server(process, port)
 
 
+# --- the backends' CPU ------------------------------------------------------------------------
+
+
+def psql(sql: str) -> str:
+    return subprocess.run(["psql", "-qAt", DATABASE_URL, "-c", sql], check=True, capture_output=True, text=True).stdout
+
+
+def database_backends() -> list[int]:
+    """The PostgreSQL backend processes serving the benchmark's database."""
+    name = DATABASE_URL.rsplit("/", 1)[1]
+    out = psql(f"SELECT pid FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()")
+    return [int(line) for line in out.split() if line.strip()]
+
+
+def redis_servers() -> list[int]:
+    """The redis-server processes of this machine (the benchmark's Redis is local)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "redis-server":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue  # gone meanwhile
+    return pids
+
+
+class BackendsCpu:
+    """CPU spent by PostgreSQL (the benchmark database's backends) and Redis between
+    `start()` and `stop()`, in seconds: a backend that opened meanwhile counts whole."""
+
+    def __init__(self) -> None:
+        self.before: dict[int, float] = {}
+        self.redis_before: dict[int, float] = {}
+        self.database = 0.0
+        self.redis = 0.0
+
+    @staticmethod
+    def _read(pids: list[int]) -> dict[int, float]:
+        from cpu import cpu_seconds
+
+        seconds = {}
+        for pid in pids:
+            try:
+                seconds[pid] = cpu_seconds(pid)
+            except OSError:
+                continue  # gone meanwhile
+        return seconds
+
+    def start(self) -> BackendsCpu:
+        self.before = self._read(database_backends())
+        self.redis_before = self._read(redis_servers())
+        return self
+
+    def stop(self) -> BackendsCpu:
+        after = self._read(sorted(set(self.before) | set(database_backends())))
+        self.database = sum(seconds - self.before.get(pid, 0.0) for pid, seconds in after.items())
+        redis_after = self._read(list(self.redis_before))
+        self.redis = sum(redis_after[pid] - self.redis_before[pid] for pid in redis_after)
+        return self
+
+
 # --- data -----------------------------------------------------------------------------------
 
 

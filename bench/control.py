@@ -6,12 +6,17 @@ server's CPU per operation read from /proc (steadier than throughput on a shared
 A registration is what a terminal does after every deploy: register on device-listener, then
 open its device socket. A session adds what a till does: claim on a pos-listener (the POS
 reusing its token, one listener per POS worker) and open the session socket.
+
+Beside the server's CPU, the table gives PostgreSQL's (the benchmark database's backends),
+Redis's and this load generator's over the same seconds, and the rate these cores could reach
+at most at those costs (the cores over the sum): the machine's ceiling for the operation.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import statistics
 import subprocess
@@ -24,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     ROOT,
+    BackendsCpu,
     Control,
     Demo,
     Server,
@@ -51,6 +57,10 @@ class ControlResult:
     seconds: float
     cpu_seconds: float
     latencies: list[float]
+    # The rest of the machine over the same seconds: PostgreSQL, Redis, this load generator.
+    database_seconds: float = 0.0
+    redis_seconds: float = 0.0
+    loadgen_seconds: float = 0.0
 
     @property
     def per_second(self) -> float:
@@ -59,6 +69,16 @@ class ControlResult:
     @property
     def cpu_ms(self) -> float:
         return self.cpu_seconds / self.operations * 1000
+
+    def per_operation_ms(self, seconds: float) -> float:
+        return seconds / self.operations * 1000
+
+    @property
+    def ceiling(self) -> float:
+        """Operations per second these cores could do at most, if every process's CPU per
+        operation stayed what it was: the cores over the machine's CPU per operation."""
+        total = self.cpu_seconds + self.database_seconds + self.redis_seconds + self.loadgen_seconds
+        return (os.cpu_count() or 1) * self.operations / total if total else float("nan")
 
     @property
     def p50_ms(self) -> float:
@@ -82,10 +102,15 @@ async def _measure(name: str, server: Server, items: list, operation, concurrenc
             kept.append(await operation(index, item))
             latencies.append(time.perf_counter() - t0)
 
+    backends = BackendsCpu().start()
+    loadgen0 = cpu_seconds(os.getpid())
     cpu0, t0 = cpu_seconds(server.process.pid), time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     elapsed, cpu = time.perf_counter() - t0, cpu_seconds(server.process.pid) - cpu0
-    return ControlResult(name, len(latencies), elapsed, cpu, latencies), kept
+    loadgen = cpu_seconds(os.getpid()) - loadgen0
+    backends.stop()
+    result = ControlResult(name, len(latencies), elapsed, cpu, latencies, backends.database, backends.redis, loadgen)
+    return result, kept
 
 
 async def registrations(server: Server, demo: Demo, tsns: list[str], concurrency: int = CONCURRENCY):
@@ -133,8 +158,9 @@ async def sessions(server: Server, demo: Demo, tsns: list[str], concurrency: int
 def table(results: list[ControlResult], floors: dict[str, ControlResult] | None = None) -> list[str]:
     """Cloud Connector's rows, each with the floor's CPU for the same steps beside it."""
     lines = [
-        "| operation | server | count | per second | server CPU ms each | p50 ms | p99 ms |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| operation | server | count | per second | server CPU ms each | p50 ms | p99 ms "
+        "| PostgreSQL, Redis, load generator: CPU ms each | these cores at most, per second |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         rows = [("Cloud Connector", r)]
@@ -142,9 +168,11 @@ def table(results: list[ControlResult], floors: dict[str, ControlResult] | None 
         if floor is not None:
             rows.append(("floor (bare ASGI app)", floor))
         for server, x in rows:
+            rest = (x.database_seconds, x.redis_seconds, x.loadgen_seconds)
+            others = ", ".join(f"{x.per_operation_ms(seconds):.2f}" for seconds in rest)
             lines.append(
                 f"| {r.name} | {server} | {x.operations} | {x.per_second:,.1f} | {x.cpu_ms:.2f} | "
-                f"{x.p50_ms:.1f} | {x.p99_ms:.1f} |"
+                f"{x.p50_ms:.1f} | {x.p99_ms:.1f} | {others} | {x.ceiling:,.0f} |"
             )
     return lines
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,12 +34,13 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    DATABASE_URL,
+    BackendsCpu,
     Demo,
     Tsns,
     free_port,
     fresh_backends,
     now,
+    psql,
     raise_fd_limit,
     write_section,
 )
@@ -95,29 +95,8 @@ class PresenceResult:
         return self.cost < TARGET_SHARE and fresh and self.on.online == self.terminals
 
 
-def _psql(sql: str) -> str:
-    admin = DATABASE_URL
-    return subprocess.run(["psql", "-qAt", admin, "-c", sql], check=True, capture_output=True, text=True).stdout
-
-
-def database_backends() -> list[int]:
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    out = _psql(f"SELECT pid FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()")
-    return [int(line) for line in out.split() if line.strip()]
-
-
-def backends_cpu(pids: list[int]) -> dict[int, float]:
-    seconds = {}
-    for pid in pids:
-        try:
-            seconds[pid] = cpu_seconds(pid)
-        except OSError:
-            continue  # gone meanwhile
-    return seconds
-
-
 def oldest_last_seen() -> float | None:
-    out = _psql("SELECT EXTRACT(EPOCH FROM (now() - min(last_seen_at))) FROM connector_device WHERE online").strip()
+    out = psql("SELECT EXTRACT(EPOCH FROM (now() - min(last_seen_at))) FROM connector_device WHERE online").strip()
     return float(out) if out else None
 
 
@@ -136,19 +115,13 @@ async def _round(label: str, demo: Demo, tsns: list[str], window: float, log_pat
             raise RuntimeError(f"{label}: only {tally.online} of {len(fleet)} terminals online within {bound:.0f} s")
         print(f"  {label}: {tally.online:,} terminals online; settling {SETTLE:.0f} s", file=sys.stderr, flush=True)
         await asyncio.sleep(SETTLE)
-        pids = database_backends()
-        database_before = backends_cpu(pids)
+        backends = BackendsCpu().start()
         worker_before = cpu_seconds(worker.process.pid)
         started = time.perf_counter()
         await asyncio.sleep(window)
         elapsed = time.perf_counter() - started
         worker_cpu = cpu_seconds(worker.process.pid) - worker_before
-        # Backends that opened during the window count whole (they began inside it).
-        database_after = backends_cpu(sorted(set(pids) | set(database_backends())))
-        database_before.update({pid: 0.0 for pid in database_after if pid not in database_before})
-        database_cpu = sum(
-            database_after[pid] - database_before[pid] for pid in database_after if pid in database_before
-        )
+        database_cpu = backends.stop().database  # backends that opened during the window count whole
         oldest = await asyncio.to_thread(oldest_last_seen)
         return Round(label, tally.online, elapsed, worker_cpu, database_cpu, oldest)
     finally:
