@@ -141,6 +141,9 @@ class BaseConsumer(AsyncWebsocketConsumer):
                 # Bounded: a layer that ignored its cancellation must not keep this socket's
                 # task (and a server's shutdown) waiting forever.
                 await asyncio.wait([layer_task], timeout=LAYER_STOP_WAIT)
+            closed = getattr(self.channel_layer, "channel_closed", None)
+            if closed is not None:
+                closed(self.channel_name)
 
     async def dispatch_layer(self) -> None:
         while True:

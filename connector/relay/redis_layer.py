@@ -170,6 +170,10 @@ class RedisChannelLayer(StockRedisChannelLayer):
         # This process's sockets' receive buffers (the library keeps its own, `receive_buffer`,
         # for its own receive, which this layer's replaces for process-specific channels).
         self.socket_queues: defaultdict[str, SocketQueue] = defaultdict(functools.partial(SocketQueue, self.capacity))
+        # Channels whose socket closed (`channel_closed`), with when: a message still on its
+        # way to one is dropped instead of buffered for nobody. Kept twice the message expiry,
+        # after which Redis holds nothing more for it.
+        self._gone: dict[str, float] = {}
         self._send_indexes = itertools.cycle(range(self.ring_size))  # hosts for plain channels, in turn
 
     # -- outage bookkeeping
@@ -246,11 +250,13 @@ class RedisChannelLayer(StockRedisChannelLayer):
         real_channel = self.non_local_name(channel)
         assert real_channel.endswith(self.client_prefix + "!"), "Wrong client prefix"
         self._ensure_reader(real_channel)
+        self._gone.pop(channel, None)  # whoever receives on it is there to read it
         buffer = self.socket_queues[channel]
         try:
             message = await buffer.get()
         except asyncio.CancelledError:
-            # The socket is closing: what is still buffered for it goes (as in the library).
+            # The socket is closing: what is still buffered for it goes (as in the library),
+            # and what comes for it later is not kept (`_buffer`).
             if self.socket_queues.get(channel) is buffer:
                 del self.socket_queues[channel]
             raise
@@ -276,7 +282,26 @@ class RedisChannelLayer(StockRedisChannelLayer):
                 await asyncio.sleep(self._receive_pause)
                 continue
             for name in target if isinstance(target, list) else [target]:
-                self.socket_queues[name].put_nowait(message)
+                self._buffer(name, message)
+
+    def _buffer(self, name: str, message: dict) -> None:
+        if name not in self._gone:
+            self.socket_queues[name].put_nowait(message)
+
+    def channel_closed(self, channel: str) -> None:
+        """The socket of `channel` (this process's) closed: what is buffered for it goes, and
+        what is still on its way to it (a relayed frame, an event sent before it left its
+        groups) is dropped when it arrives, instead of filling a buffer nobody reads."""
+        self.socket_queues.pop(channel, None)
+        now = time.monotonic()
+        gone = self._gone
+        gone[channel] = now
+        cutoff = now - 2 * self.expiry
+        while gone:  # in the order they went: the oldest first
+            oldest = next(iter(gone))
+            if gone[oldest] >= cutoff:
+                break
+            del gone[oldest]
 
     async def close_pools(self) -> None:
         for reader in self._readers.values():
@@ -308,7 +333,7 @@ class RedisChannelLayer(StockRedisChannelLayer):
         unpacked = [message for message in (self._unpack(member, channel) for member in members) if message]
         for target, message in unpacked[:-1]:
             for name in target if isinstance(target, list) else [target]:
-                self.socket_queues[name].put_nowait(message)
+                self._buffer(name, message)
         if not unpacked:
             raise UnreadableMessages()
         return unpacked[-1]

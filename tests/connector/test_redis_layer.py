@@ -415,3 +415,53 @@ def test_a_socket_buffer_keeps_order_drops_the_oldest_at_capacity_and_wakes_its_
         assert await buffer.get() == "next"
 
     run_bounded(scenario(), timeout=10)
+
+
+def test_a_message_for_a_socket_that_closed_is_dropped_not_buffered_for_nobody(redis_url):
+    # A closed socket's consumer tells the layer (channel_closed); a relayed frame or an event
+    # already on its way to it must not leave a buffer behind that nobody reads or frees.
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            open_one, closed_one = await receiver.new_channel(), await receiver.new_channel()
+            waiting = asyncio.create_task(receiver.receive(closed_one))
+            await asyncio.sleep(0.05)
+            waiting.cancel()  # as connector.consumers.base does when the socket closes
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            receiver.channel_closed(closed_one)
+            await sender.send(closed_one, {"type": "frame", "n": 1})
+            await receiver.group_add("cc.session.s1", closed_one)
+            await receiver.group_add("cc.session.s1", open_one)
+            await sender.group_send("cc.session.s1", {"type": "session.end", "n": 2})
+            assert (await receiver.receive(open_one))["n"] == 2  # read after the closed one's frame
+            assert closed_one not in receiver.socket_queues
+
+    run_bounded(scenario(), timeout=30)
+
+
+def test_group_events_sent_together_are_sent_one_by_one_when_the_batch_fails(redis_url, monkeypatch):
+    # connector.groups.deliver hands consecutive group events to group_send_many; if that
+    # fails, each event is tried on its own, as before the batching.
+    from connector import groups
+
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            channel = await receiver.new_channel()
+            await receiver.group_add("cc.store.1", channel)
+            await receiver.group_add("cc.ma.1", channel)
+
+            real, calls = sender._group_send_many, []
+
+            async def broken_once(sends):
+                calls.append(len(sends))
+                if len(calls) == 1:
+                    raise ConnectionError("a pooled connection that died with the last outage")
+                await real(sends)
+
+            monkeypatch.setattr(sender, "_group_send_many", broken_once)
+            monkeypatch.setattr(groups, "get_channel_layer", lambda: sender)
+            await groups.deliver([("cc.store.1", {"type": "event", "n": 1}), ("cc.ma.1", {"type": "event", "n": 2})])
+            assert [(await receiver.receive(channel))["n"] for _ in range(2)] == [1, 2]
+            assert calls == [2, 1, 1]  # the batch, then each event on its own
+
+    run_bounded(scenario(), timeout=30)
