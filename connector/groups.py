@@ -185,14 +185,23 @@ async def deliver(events: list[tuple[str, dict]]) -> None:
             # round trips for all of them, in order, instead of two to four per group).
             while position + run < len(events) and not isinstance(events[position + run][0], Channel):
                 run += 1
-        try:
-            if run > 1:
+        if run > 1:
+            try:
                 await many(events[position : position + run])
-            else:
-                await _send(layer, group, message)
-        except Exception:  # noqa: BLE001 - the change is committed; a layer hiccup must not undo the caller
-            logger.exception("could not deliver %s to %s", message.get("type"), group)
+            except Exception:  # noqa: BLE001 - sent again one by one below, each on its own
+                logger.warning("could not deliver %d group events together; one by one", run, exc_info=True)
+                for one_group, one_message in events[position : position + run]:
+                    await _send_logged(layer, one_group, one_message)
+        else:
+            await _send_logged(layer, group, message)
         position += run
+
+
+async def _send_logged(layer: Any, target: str, message: dict) -> None:
+    try:
+        await _send(layer, target, message)
+    except Exception:  # noqa: BLE001 - the change is committed; a layer hiccup must not undo the caller
+        logger.exception("could not deliver %s to %s", message.get("type"), target)
 
 
 def pos_event_message(
