@@ -101,7 +101,14 @@ def sessions_sweep(*, now: datetime | None = None) -> SweepResult:
     ended += sessions_end(
         session_ids=list(
             DeviceSession.objects.filter(
-                Q(offline_until__lte=now) | Q(offline_until__isnull=True, offline_at__lte=now - grace_period()),
+                # As sessions.session_deadline: `offline_until` when it was written with this
+                # offline period, else (a worker older than the column took it offline) the
+                # grace period after `offline_at`.
+                Q(offline_until__gte=F("offline_at"), offline_until__lte=now)
+                | (
+                    (Q(offline_until__isnull=True) | Q(offline_until__lt=F("offline_at")))
+                    & Q(offline_at__lte=now - grace_period())
+                ),
                 state=State.OFFLINE,
             ).values_list("pk", flat=True)
         ),

@@ -97,11 +97,12 @@ def session_deadline(session: DeviceSession) -> datetime | None:
     went offline); an online one never."""
     if session.state == State.REGISTERED:
         return session.jwt_expires_at
-    if session.state == State.OFFLINE and session.offline_until is not None:
+    if session.state != State.OFFLINE or session.offline_at is None:
+        return None
+    if session.offline_until is not None and session.offline_until >= session.offline_at:
         return session.offline_until
-    if session.state == State.OFFLINE and session.offline_at is not None:
-        return session.offline_at + grace_period()
-    return None
+    # Taken offline by a worker older than the column (a rolling deploy): its grace period.
+    return session.offline_at + grace_period()
 
 
 def _settled(session: DeviceSession | None, now: datetime) -> DeviceSession | None:

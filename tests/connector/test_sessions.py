@@ -584,6 +584,24 @@ def test_a_session_offline_for_the_terminals_own_reasons_waits_the_grace_period_
     assert DeviceSession.objects.get(pk=registration.session_id).end_reason == "device_gone"
 
 
+def test_a_session_taken_offline_by_an_older_worker_keeps_the_grace_period_of_its_offline_time(world):
+    # During the deploy that brings `offline_until`, a worker of the previous release may take
+    # a session offline: it writes `offline_at` only, and an `offline_until` left from an
+    # earlier offline period must not end the session early.
+    registration = register(world)
+    attach_device(registration)
+    now = timezone.now()
+    DeviceSession.objects.filter(pk=registration.session_id).update(
+        state="offline", offline_at=now, offline_until=now - timedelta(hours=1)
+    )
+    grace = connector_settings.GRACE_PERIOD
+    nodes.sessions_sweep(now=now + timedelta(seconds=grace - 5))
+    assert state_of(registration.session_id) == "offline"
+    assert sessions.live_session_for_device(device=world.device, now=now + timedelta(seconds=grace - 5)) is not None
+    result = nodes.sessions_sweep(now=now + timedelta(seconds=grace + 1))
+    assert result.ended == [registration.session_id]
+
+
 def test_a_registered_session_that_never_came_online_ends_when_its_jwt_expires(world):
     registration = register(world)
     nodes.sessions_sweep(now=timezone.now())
