@@ -16,14 +16,14 @@ add memberships in one round trip: `group_add`, `restore_groups`, and to read me
 queue, `group_send_many`), and the overrides of `_brpop_with_clean` and
 `_clean_receive_backup`, through which the library's own receive (for channels that are not
 process-specific, which the relay never uses) also rides out an outage.
+
+The sockets' receive buffers, which the reader fills, are connector.relay.socket_buffers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import functools
 import itertools
 import logging
 import secrets
@@ -48,6 +48,7 @@ from connector.relay.redis_scripts import (
     SEND_SCRIPT,
     run_script,
 )
+from connector.relay.socket_buffers import SocketBuffers
 from connector.relay.tasks import task_of_loop
 
 logger = logging.getLogger(__name__)
@@ -81,51 +82,6 @@ class Outgoing:
 
 class UnreadableMessages(Exception):
     """Every message of a batch was unreadable (each was logged and dropped)."""
-
-
-class SocketQueue:
-    """The messages received for one socket of this process, not yet taken by it. At its
-    capacity (the layer's) the oldest goes, as in channels_redis: a socket that stopped
-    reading must not grow the process's memory without end.
-
-    Not an asyncio.Queue: every idle socket waits on its buffer, and a Queue's three deques
-    cost about 2.3 KiB per socket (tracemalloc, 1,000 idle terminals). This one holds a deque
-    only while messages wait and a future only while its socket waits. One reader per
-    buffer: the socket whose channel it is."""
-
-    __slots__ = ("capacity", "items", "waiter")
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.items: collections.deque | None = None
-        self.waiter: asyncio.Future | None = None
-
-    def put_nowait(self, item: Any) -> None:
-        items = self.items
-        if items is None:
-            items = self.items = collections.deque()
-        elif 0 < self.capacity <= len(items):
-            items.popleft()
-        items.append(item)
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def empty(self) -> bool:
-        return not self.items
-
-    async def get(self) -> Any:
-        while not self.items:
-            waiter = self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                if self.waiter is waiter:
-                    self.waiter = None
-        item = self.items.popleft()
-        if not self.items:
-            self.items = None
-        return item
 
 
 class RedisChannelLayer(StockRedisChannelLayer):
@@ -169,11 +125,7 @@ class RedisChannelLayer(StockRedisChannelLayer):
         self._buffered_generation: dict[str, str] = {}
         # This process's sockets' receive buffers (the library keeps its own, `receive_buffer`,
         # for its own receive, which this layer's replaces for process-specific channels).
-        self.socket_queues: defaultdict[str, SocketQueue] = defaultdict(functools.partial(SocketQueue, self.capacity))
-        # Channels whose socket closed (`channel_closed`), with when: a message still on its
-        # way to one is dropped instead of buffered for nobody. Kept twice the message expiry,
-        # after which Redis holds nothing more for it.
-        self._gone: dict[str, float] = {}
+        self.buffers = SocketBuffers(capacity=self.capacity, forget_after=2 * self.expiry)
         self._send_indexes = itertools.cycle(range(self.ring_size))  # hosts for plain channels, in turn
 
     # -- outage bookkeeping
@@ -250,19 +202,7 @@ class RedisChannelLayer(StockRedisChannelLayer):
         real_channel = self.non_local_name(channel)
         assert real_channel.endswith(self.client_prefix + "!"), "Wrong client prefix"
         self._ensure_reader(real_channel)
-        self._gone.pop(channel, None)  # whoever receives on it is there to read it
-        buffer = self.socket_queues[channel]
-        try:
-            message = await buffer.get()
-        except asyncio.CancelledError:
-            # The socket is closing: what is still buffered for it goes (as in the library),
-            # and what comes for it later is not kept (`_buffer`).
-            if self.socket_queues.get(channel) is buffer:
-                del self.socket_queues[channel]
-            raise
-        if buffer.empty() and self.socket_queues.get(channel) is buffer:
-            del self.socket_queues[channel]  # no entry kept per idle socket
-        return message
+        return await self.buffers.take(channel)
 
     def _ensure_reader(self, real_channel: str) -> None:
         loop = asyncio.get_running_loop()
@@ -282,26 +222,12 @@ class RedisChannelLayer(StockRedisChannelLayer):
                 await asyncio.sleep(self._receive_pause)
                 continue
             for name in target if isinstance(target, list) else [target]:
-                self._buffer(name, message)
-
-    def _buffer(self, name: str, message: dict) -> None:
-        if name not in self._gone:
-            self.socket_queues[name].put_nowait(message)
+                self.buffers.put(name, message)
 
     def channel_closed(self, channel: str) -> None:
-        """The socket of `channel` (this process's) closed: what is buffered for it goes, and
-        what is still on its way to it (a relayed frame, an event sent before it left its
-        groups) is dropped when it arrives, instead of filling a buffer nobody reads."""
-        self.socket_queues.pop(channel, None)
-        now = time.monotonic()
-        gone = self._gone
-        gone[channel] = now
-        cutoff = now - 2 * self.expiry
-        while gone:  # in the order they went: the oldest first
-            oldest = next(iter(gone))
-            if gone[oldest] >= cutoff:
-                break
-            del gone[oldest]
+        """The socket of `channel` (this process's) closed (connector.consumers.base): see
+        SocketBuffers.closed."""
+        self.buffers.closed(channel)
 
     async def close_pools(self) -> None:
         for reader in self._readers.values():
@@ -333,7 +259,7 @@ class RedisChannelLayer(StockRedisChannelLayer):
         unpacked = [message for message in (self._unpack(member, channel) for member in members) if message]
         for target, message in unpacked[:-1]:
             for name in target if isinstance(target, list) else [target]:
-                self._buffer(name, message)
+                self.buffers.put(name, message)
         if not unpacked:
             raise UnreadableMessages()
         return unpacked[-1]

@@ -391,7 +391,7 @@ def test_a_group_message_for_a_channel_at_capacity_is_skipped_for_it_alone(redis
 
 
 def test_a_socket_buffer_keeps_order_drops_the_oldest_at_capacity_and_wakes_its_reader():
-    from connector.relay.redis_layer import SocketQueue
+    from connector.relay.socket_buffers import SocketQueue
 
     async def scenario() -> None:
         buffer = SocketQueue(3)
@@ -434,7 +434,7 @@ def test_a_message_for_a_socket_that_closed_is_dropped_not_buffered_for_nobody(r
             await receiver.group_add("cc.session.s1", open_one)
             await sender.group_send("cc.session.s1", {"type": "session.end", "n": 2})
             assert (await receiver.receive(open_one))["n"] == 2  # read after the closed one's frame
-            assert closed_one not in receiver.socket_queues
+            assert closed_one not in receiver.buffers.queues
 
     run_bounded(scenario(), timeout=30)
 
