@@ -529,6 +529,15 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def publish(name: str, body: list[str], *, write: bool) -> None:
+    """Print a benchmark's section and, unless told not to, record it in docs/benchmarks.md
+    (what each bench/*.py run on its own does with its result)."""
+    print("\n".join(body))
+    if write:
+        write_section(name, body)
+        print("\nwritten to docs/benchmarks.md")
+
+
 def write_section(name: str, body: list[str]) -> None:
     """Replace (or append) the section between `<!-- name:start -->` and `<!-- name:end -->`."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"

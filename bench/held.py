@@ -43,11 +43,11 @@ from common import (  # noqa: E402
     machine,
     now,
     process_tree,
+    publish,
     raise_fd_limit,
     server_command,
     server_env,
     wait_listening,
-    write_section,
 )
 from cpu import CpuMeter  # noqa: E402
 from loadgen import round_trips  # noqa: E402
@@ -205,10 +205,7 @@ def main() -> None:
         "",
         *held_table(result),
     ]
-    print("\n".join(body))
-    if not args.no_write:
-        write_section("bench-held", body)
-        print("\nwritten to docs/benchmarks.md")
+    publish("bench-held", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -35,9 +35,9 @@ from common import (  # noqa: E402
     fresh_database,
     machine,
     now,
+    publish,
     register_device,
     start,
-    write_section,
 )
 from cpu import cpu_seconds  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
@@ -291,10 +291,7 @@ def main() -> None:
         "",
         *table(result),
     ]
-    print("\n".join(body))
-    if not args.no_write:
-        write_section("bench-portal", body)
-        print("\nwritten to docs/benchmarks.md")
+    publish("bench-portal", body, write=not args.no_write)
     sys.exit(0 if result.met else 1)
 
 

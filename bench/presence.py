@@ -41,8 +41,8 @@ from common import (  # noqa: E402
     fresh_backends,
     now,
     psql,
+    publish,
     raise_fd_limit,
-    write_section,
 )
 from cpu import cpu_seconds  # noqa: E402
 from storm import (  # noqa: E402
@@ -181,7 +181,7 @@ def presence_table(result: PresenceResult) -> list[str]:
         f"PostgreSQL {100 * (result.on.database_cpu - result.off.database_cpu) / result.on.window:+.2f} %, "
         f"the worker {100 * (result.on.worker_cpu - result.off.worker_cpu) / result.on.window:+.2f} %. "
         "The worker's part is below what this measurement resolves (it came out negative in both runs "
-        "after the change, the \"on\" round always running second, on a machine shared with other work): "
+        'after the change, the "on" round always running second, on a machine shared with other work): '
         "read it as too small to see, not as a saving; the database's part is the writes themselves. "
         f"The oldest `last_seen_at` of an online device at the end of the window was "
         f"{result.on.oldest_seen or 0:.1f} s old (contract: at most {FRESHNESS_LIMIT:.0f} s). Both rounds pay "
@@ -210,10 +210,7 @@ def main() -> None:
         "",
         *presence_table(result),
     ]
-    print("\n".join(body))
-    if not args.no_write:
-        write_section("bench-presence", body)
-        print("\nwritten to docs/benchmarks.md")
+    publish("bench-presence", body, write=not args.no_write)
     sys.exit(0 if result.met else 1)
 
 
