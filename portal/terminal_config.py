@@ -29,16 +29,35 @@ def device_listener_url(request: HttpRequest) -> str:
 
 
 @dataclass(frozen=True)
-class TerminalConfig:
-    client_id: str
-    client_secret: str | None
+class _WsClientBlock:
+    """What every terminal's ws_client block says: where to register, and over which TLS."""
+
     register_url: str
     ssl_profile_name: str
-    ssl_profile_crt: str
 
     @property
     def uses_tls(self) -> bool:
         return self.register_url.startswith("wss://")
+
+    def _block(self, *, credentials: list[str], ssl_profile_crt: str, client_files: list[str]) -> str:
+        return "\n".join(
+            [
+                "ws_client:",
+                *credentials,
+                f"  ep_register_url: {self.register_url}",
+                f"  enable_ssl: {1 if self.uses_tls else 0}",
+                f'  ssl_profile_name: "{self.ssl_profile_name}"',
+                f"  ssl_profile_crt: {ssl_profile_crt or CRT_PLACEHOLDER}",
+                *client_files,
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class TerminalConfig(_WsClientBlock):
+    client_id: str
+    client_secret: str | None
+    ssl_profile_crt: str
 
     @property
     def custom_registration_data(self) -> str:
@@ -48,15 +67,10 @@ class TerminalConfig:
 
     @property
     def text(self) -> str:
-        return "\n".join(
-            [
-                "ws_client:",
-                f"  custom_registration_data: {self.custom_registration_data}",
-                f"  ep_register_url: {self.register_url}",
-                f"  enable_ssl: {1 if self.uses_tls else 0}",
-                f'  ssl_profile_name: "{self.ssl_profile_name}"',
-                f"  ssl_profile_crt: {self.ssl_profile_crt or CRT_PLACEHOLDER}",
-            ]
+        return self._block(
+            credentials=[f"  custom_registration_data: {self.custom_registration_data}"],
+            ssl_profile_crt=self.ssl_profile_crt,
+            client_files=[],
         )
 
 
@@ -77,29 +91,16 @@ CLIENT_KEY_PLACEHOLDER = "<location of its private key on the device (secure ele
 
 
 @dataclass(frozen=True)
-class MtlsTerminalConfig:
+class MtlsTerminalConfig(_WsClientBlock):
     """The ws_client block of a terminal that registers with its client certificate (v1.1
     §15): no custom_registration_data, so no secret; where its certificate and key lie."""
 
-    register_url: str
-    ssl_profile_name: str
-
-    @property
-    def uses_tls(self) -> bool:
-        return self.register_url.startswith("wss://")
-
     @property
     def text(self) -> str:
-        return "\n".join(
-            [
-                "ws_client:",
-                f"  ep_register_url: {self.register_url}",
-                f"  enable_ssl: {1 if self.uses_tls else 0}",
-                f'  ssl_profile_name: "{self.ssl_profile_name}"',
-                f"  ssl_profile_crt: {CRT_PLACEHOLDER}",
-                f"  ssl_client_crt: {CLIENT_CRT_PLACEHOLDER}",
-                f"  ssl_client_key: {CLIENT_KEY_PLACEHOLDER}",
-            ]
+        return self._block(
+            credentials=[],
+            ssl_profile_crt="",
+            client_files=[f"  ssl_client_crt: {CLIENT_CRT_PLACEHOLDER}", f"  ssl_client_key: {CLIENT_KEY_PLACEHOLDER}"],
         )
 
 
