@@ -230,9 +230,12 @@ class RedisChannelLayer(StockRedisChannelLayer):
         self.buffers.closed(channel)
 
     async def close_pools(self) -> None:
-        for reader in self._readers.values():
-            reader.cancel()
+        readers, loop = list(self._readers.values()), asyncio.get_running_loop()
         self._readers.clear()
+        for reader in readers:
+            reader.cancel()
+        # This loop's reader lets go of its connection (a blocking pop) before the pools close.
+        await asyncio.gather(*(reader for reader in readers if reader.get_loop() is loop), return_exceptions=True)
         await super().close_pools()
 
     async def receive_single(self, channel: str) -> tuple[Any, dict]:

@@ -209,10 +209,10 @@ def token_in_process(pos) -> str:
 
 @pytest.mark.django_db(transaction=True)
 async def test_revoking_a_token_tells_the_sockets_that_used_it_after_commit():
+    layer = get_channel_layer()
     try:
         pos = await sync_to_async(make_pos)()
         token = await sync_to_async(token_in_process)(pos)
-        layer = get_channel_layer()
         socket = await layer.new_channel()
         await layer.group_add(groups.credential_group(pos.application_id), socket)
 
@@ -224,6 +224,13 @@ async def test_revoking_a_token_tells_the_sockets_that_used_it_after_commit():
     finally:
         # The worker thread's connection would otherwise outlive the test database.
         await sync_to_async(connections.close_all)()
+        # On Redis the receive started the layer's reader for this process's sockets, which
+        # waits in a blocking pop: stopped here, bounded, with the loop's connections, and
+        # not left to the event loop's teardown (a PostgreSQL CI run once hung there, not
+        # reproduced since; a stuck close now fails this test with its traceback).
+        close_pools = getattr(layer, "close_pools", None)
+        if close_pools is not None:
+            await asyncio.wait_for(close_pools(), timeout=10)
 
 
 @pytest.mark.django_db

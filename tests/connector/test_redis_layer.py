@@ -163,6 +163,32 @@ def test_a_receive_waits_for_the_next_message_when_nothing_is_queued(redis_url):
     run_bounded(scenario(), timeout=60)
 
 
+def test_closing_the_pools_stops_the_reader_first_and_a_later_receive_starts_a_new_one(redis_url):
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            channel = await receiver.new_channel()
+            await nothing_more(receiver, channel)  # the reader now waits in a blocking pop
+            (reader,) = receiver._readers.values()
+            pool = receiver.connection(0).connection_pool
+            reader_done_at_close: list[bool] = []
+            close = pool.aclose
+
+            async def aclose() -> None:
+                reader_done_at_close.append(reader.done())
+                await close()
+
+            pool.aclose = aclose
+
+            await asyncio.wait_for(receiver.close_pools(), 10)
+
+            assert reader_done_at_close == [True]  # gone before its connection's pool closed
+            assert reader.cancelled()
+            await sender.send(channel, {"type": "frame", "n": 1})
+            assert (await asyncio.wait_for(receiver.receive(channel), 10))["n"] == 1
+
+    run_bounded(scenario(), timeout=60)
+
+
 def test_a_send_whose_connection_broke_after_queueing_is_not_queued_twice(redis_url, monkeypatch):
     # The reply to the queueing script is lost: the send tries again, and the script knows
     # the send by its id. A payment request must not reach a terminal twice.
