@@ -229,13 +229,20 @@ class RedisChannelLayer(StockRedisChannelLayer):
         SocketBuffers.closed."""
         self.buffers.closed(channel)
 
-    async def close_pools(self) -> None:
-        readers, loop = list(self._readers.values()), asyncio.get_running_loop()
-        self._readers.clear()
-        for reader in readers:
+    async def reader_stop(self) -> None:
+        """Stop the running loop's reader (a receive starts it again), and return once it let
+        go of its connection, which waits in a blocking pop: what a caller does before
+        closing the loop or its connections."""
+        reader = self._readers.pop(asyncio.get_running_loop(), None)
+        if reader is not None:
             reader.cancel()
-        # This loop's reader lets go of its connection (a blocking pop) before the pools close.
-        await asyncio.gather(*(reader for reader in readers if reader.get_loop() is loop), return_exceptions=True)
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def close_pools(self) -> None:
+        await self.reader_stop()
+        for reader in self._readers.values():  # other loops' (the library closes every loop's pools)
+            reader.cancel()
+        self._readers.clear()
         await super().close_pools()
 
     async def receive_single(self, channel: str) -> tuple[Any, dict]:

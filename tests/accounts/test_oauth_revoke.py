@@ -225,12 +225,12 @@ async def test_revoking_a_token_tells_the_sockets_that_used_it_after_commit():
         # The worker thread's connection would otherwise outlive the test database.
         await sync_to_async(connections.close_all)()
         # On Redis the receive started the layer's reader for this process's sockets, which
-        # waits in a blocking pop: stopped here, bounded, with the loop's connections, and
-        # not left to the event loop's teardown (a PostgreSQL CI run once hung there, not
-        # reproduced since; a stuck close now fails this test with its traceback).
-        close_pools = getattr(layer, "close_pools", None)
-        if close_pools is not None:
-            await asyncio.wait_for(close_pools(), timeout=10)
+        # waits in a blocking pop: stopped here, bounded, and not left to the event loop's
+        # teardown (a PostgreSQL CI run once hung there, not reproduced since; a reader that
+        # would not stop now fails this test with its traceback).
+        reader_stop = getattr(layer, "reader_stop", None)
+        if reader_stop is not None:
+            await asyncio.wait_for(reader_stop(), timeout=10)
 
 
 @pytest.mark.django_db
