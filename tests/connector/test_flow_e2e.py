@@ -384,7 +384,7 @@ def test_the_two_management_commands_drive_a_terminal_through_the_server(live):
     manage = [sys.executable, "manage.py"]
     simulator = subprocess.Popen(
         [*manage, "simulate_device", "--url", live.ws_url, "--tsn", device.serial, "--endpoint", TRANSACTION]
-        + ["--client-id", client_id, "--client-secret", secret],
+        + ["--client-id", client_id, f"--client-secret={secret}"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -397,7 +397,7 @@ def test_the_two_management_commands_drive_a_terminal_through_the_server(live):
         call_command(  # in this process: the POS side needs no database, only the server
             "pos_client",
             *["--url", live.http_url, "--domain", domain_of(device), "--tsn", device.serial],
-            *["--client-id", client_id, "--client-secret", secret, "--message", message],
+            *["--client-id", client_id, f"--client-secret={secret}", "--message", message],
             stdout=out,
         )
     finally:

@@ -256,7 +256,7 @@ def test_pos_client_fallback_carries_on_with_simulate_device_local_port(restarta
     async def scenario() -> None:
         terminal = await asyncio.create_subprocess_exec(
             *manage, "simulate_device", "--url", server.ws_url, "--tsn", shop.device.tsn,
-            "--client-id", shop.pos.application.client_id, "--client-secret", shop.pos.client_secret,
+            "--client-id", shop.pos.application.client_id, f"--client-secret={shop.pos.client_secret}",
             "--answer", "echo", "--max-delay", "0.5", "--local-port", str(local_port),
             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -268,7 +268,7 @@ def test_pos_client_fallback_carries_on_with_simulate_device_local_port(restarta
                 await asyncio.sleep(0.1)
             pos = await asyncio.create_subprocess_exec(
                 *manage, "pos_client", "--url", server.http_url, "--domain", domain,
-                "--token", shop.token, "--tsn", shop.device.tsn, "--fallback", "--fallback-after", "1",
+                f"--token={shop.token}", "--tsn", shop.device.tsn, "--fallback", "--fallback-after", "1",
                 env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             )  # fmt: skip
             seen: list[str] = []
