@@ -221,8 +221,7 @@ class RedisChannelLayer(StockRedisChannelLayer):
                 logger.exception("channel layer: a message could not be received")
                 await asyncio.sleep(self._receive_pause)
                 continue
-            for name in target if isinstance(target, list) else [target]:
-                self.buffers.put(name, message)
+            self.buffers.put(target, message)
 
     def channel_closed(self, channel: str) -> None:
         """The socket of `channel` (this process's) closed (connector.consumers.base): see
@@ -268,8 +267,7 @@ class RedisChannelLayer(StockRedisChannelLayer):
             members = await self._pop_batch(index, channel_key)
         unpacked = [message for message in (self._unpack(member, channel) for member in members) if message]
         for target, message in unpacked[:-1]:
-            for name in target if isinstance(target, list) else [target]:
-                self.buffers.put(name, message)
+            self.buffers.put(target, message)
         if not unpacked:
             raise UnreadableMessages()
         return unpacked[-1]

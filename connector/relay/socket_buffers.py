@@ -76,9 +76,12 @@ class SocketBuffers:
             queue = self.queues[channel] = SocketQueue(self.capacity)
         return queue
 
-    def put(self, channel: str, message: dict) -> None:
-        if channel not in self.gone:
-            self._queue(channel).put_nowait(message)
+    def put(self, target: str | list[str], message: dict) -> None:
+        """Buffer `message` for its channel, or for each of a list of channels (a group
+        message the library addressed to several of this process's sockets at once)."""
+        for channel in target if isinstance(target, list) else (target,):
+            if channel not in self.gone:
+                self._queue(channel).put_nowait(message)
 
     async def take(self, channel: str) -> dict:
         """The socket's next message, waited for."""
