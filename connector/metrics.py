@@ -504,7 +504,8 @@ class DeploymentCollector:
             return
         future = self._start()
         try:
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(asyncio.wrap_future(future))
         except Exception as error:  # noqa: BLE001 - a timeout or the database's error
             self._keep(None, error)
             return

@@ -49,6 +49,7 @@ from prometheus_client.exposition import choose_encoder
 
 from accounts.metrics import REGISTRY
 from connector import metrics
+from connector.relay.redis_connections import cancel_safe_pool
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ async def _database() -> None:
 async def _redis() -> None:
     timeout = readiness_timeout()
     client = redis.asyncio.from_url(settings.REDIS_URL, socket_connect_timeout=timeout, socket_timeout=timeout)
+    cancel_safe_pool(client.connection_pool)  # the check's timeout cancels the PING
     try:
         if not await client.ping():
             raise ConnectionError("Redis did not answer PING")
@@ -178,7 +180,8 @@ async def _run(name: str, check: Callable[[], Awaitable[None]], timeout: float) 
     started = time.perf_counter()
     error = detail = ""
     try:
-        await asyncio.wait_for(check(), timeout)
+        async with asyncio.timeout(timeout):
+            await check()
     except TimeoutError:
         error, detail = "timeout", f"no answer in {timeout:g} s"
     except Exception as failure:  # noqa: BLE001 - whatever it is, the check failed: say which

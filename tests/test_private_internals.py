@@ -37,9 +37,13 @@ channels-redis (its RedisChannelLayer, subclassed by the relay's redis layer)
 - group_send's Redis layout: members read from _group_key after dropping the expired ones,
   messages queued as send queues them (GROUP_MEMBERS_SCRIPT, GROUP_SEND_SCRIPT).
 - connection(index): a redis-py client whose pool disconnect drops idle connections (RedisChannelLayer._probe).
+- create_pool(index): each host's pool, made by the loop layer's get_connection (RedisChannelLayer.create_pool).
 
 redis-py
 - Pipeline.execute(raise_on_error=False) and the RedisError tree (REDIS_DOWN, RedisChannelLayer._execute_sends).
+- Connection.send_packed_command(command, check_health): every command's and pipeline's send, through
+  asyncio.wait_for when a socket timeout is set; ConnectionPool.connection_class, which make_connection
+  instantiates (CancelSafeSend, cancel_safe_pool).
 
 daphne, autobahn
 - daphne's send is partial(server.handle_reply, protocol) (_daphne_protocol).
@@ -551,6 +555,35 @@ def test_redis_py_pipelines_can_answer_errors_in_place_and_its_errors_are_one_tr
     assert issubclass(redis.exceptions.ResponseError, redis.exceptions.RedisError)
     assert issubclass(redis.exceptions.ConnectionError, redis.exceptions.RedisError)
     assert issubclass(redis.exceptions.TimeoutError, redis.exceptions.RedisError)
+
+
+def test_channels_redis_builds_each_hosts_pool_through_the_layers_create_pool():
+    # RedisChannelLayer.create_pool wraps the library's to make the pool's connections
+    # cancel-safe; the library's loop layer must still build every pool through it.
+    from channels_redis.core import RedisChannelLayer, RedisLoopLayer
+
+    checked_against("channels-redis")
+    assert parameters(RedisChannelLayer.create_pool) == ["self", "index"]
+    assert "pool = self.channel_layer.create_pool(index)" in source(RedisLoopLayer.get_connection)
+
+
+def test_redis_py_sends_every_command_through_send_packed_command_of_the_pools_connection_class():
+    # CancelSafeSend wraps send_packed_command, the one place a command's send waits (with
+    # asyncio.wait_for, which loses a cancel on Python 3.11); commands and pipelines alike go
+    # through it, on connections the pool makes from its connection_class.
+    import redis.asyncio.client
+    from redis.asyncio.connection import Connection, ConnectionPool
+
+    checked_against("redis")
+    assert parameters(Connection.send_packed_command) == ["self", "command", "check_health"]
+    assert "asyncio.wait_for(" in source(Connection.send_packed_command)
+    assert "await self.send_packed_command(" in source(Connection.send_command)
+    pipeline = redis.asyncio.client.Pipeline
+    for execute in (pipeline._execute_pipeline, pipeline._execute_transaction):
+        assert "await connection.send_packed_command(all_cmds)" in source(execute)
+    pool = ConnectionPool.from_url("redis://127.0.0.1:1/0")
+    pool.connection_class = type("Marked", (Connection,), {})
+    assert type(pool.make_connection()).__name__ == "Marked"
 
 
 # --- daphne, autobahn --------------------------------------------------------------------------

@@ -241,7 +241,8 @@ class PosListenerConsumer(PosCaller, BaseConsumer):
                 request.ping_channel,
                 {"type": "device.ping", "reply_to": self.channel_name, "ping_id": ping_id, "timeout": PING_TIMEOUT},
             )
-            rtt = await asyncio.wait_for(answer, PING_TIMEOUT + PING_REPLY_MARGIN)
+            async with asyncio.timeout(PING_TIMEOUT + PING_REPLY_MARGIN):
+                rtt = await answer
         except TimeoutError:
             rtt = None
         except Exception:  # noqa: BLE001 - the layer failed: the device cannot be reached now

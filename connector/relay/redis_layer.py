@@ -13,7 +13,8 @@ What it relies on in channels_redis 4.3 beyond its public methods and attributes
 `expiry`...), pinned by tests/test_private_internals.py: `_group_key` (a group's key, to
 add memberships in one round trip: `group_add`, `restore_groups`, and to read members:
 `group_send_many`), `_map_channel_keys_to_connection` (a group message's payload per
-queue, `group_send_many`), and the overrides of `_brpop_with_clean` and
+queue, `group_send_many`), `create_pool(index)` (its pools' connections made cancel-safe:
+connector.relay.redis_connections), and the overrides of `_brpop_with_clean` and
 `_clean_receive_backup`, through which the library's own receive (for channels that are not
 process-specific, which the relay never uses) also rides out an outage.
 
@@ -36,9 +37,11 @@ from typing import Any
 import redis.exceptions
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer as StockRedisChannelLayer
+from redis.asyncio.connection import ConnectionPool
 
 from connector import metrics
 from connector.relay.broker import Broker, LayerUnavailable
+from connector.relay.redis_connections import cancel_safe_pool
 from connector.relay.redis_scripts import (
     GROUP_ADD_SCRIPT,
     GROUP_MEMBERS_SCRIPT,
@@ -127,6 +130,10 @@ class RedisChannelLayer(StockRedisChannelLayer):
         # for its own receive, which this layer's replaces for process-specific channels).
         self.buffers = SocketBuffers(capacity=self.capacity, forget_after=2 * self.expiry)
         self._send_indexes = itertools.cycle(range(self.ring_size))  # hosts for plain channels, in turn
+
+    def create_pool(self, index: int) -> ConnectionPool:
+        # A cancel that lands while a command is sent must stop the task (the reader loops).
+        return cancel_safe_pool(super().create_pool(index))
 
     # -- outage bookkeeping
 
@@ -231,7 +238,9 @@ class RedisChannelLayer(StockRedisChannelLayer):
     async def reader_stop(self) -> None:
         """Stop the running loop's reader (a receive starts it again), and return once it let
         go of its connection, which waits in a blocking pop: what a caller does before
-        closing the loop or its connections."""
+        closing the loop or its connections. A message Redis hands to that pop as it is
+        cancelled is lost with the dropped connection (as in channels_redis's own receive):
+        stop the reader when this process's sockets are done with (close_pools, shutdown)."""
         reader = self._readers.pop(asyncio.get_running_loop(), None)
         if reader is not None:
             reader.cancel()
@@ -389,16 +398,16 @@ class RedisChannelLayer(StockRedisChannelLayer):
                 if self.down_since is not None:
                     earliest = min(item.deadline for item in outbox)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.reachable(), earliest - now)
+                        async with asyncio.timeout(earliest - now):
+                            await self.reachable()
                 batch, outbox[:] = [item for item in outbox if not item.future.done()], []
                 try:
                     # Bounded by the earliest deadline: a Redis that stopped answering without
                     # closing its connections must not hold every send of the process for the
                     # socket timeout. Cancelling is safe: the send ids stop doubles.
                     earliest = min(item.deadline for item in batch)
-                    results = await asyncio.wait_for(
-                        self._execute_sends(self.connection(key[1]), batch), max(earliest - now, 0.05)
-                    )
+                    async with asyncio.timeout(max(earliest - now, 0.05)):
+                        results = await self._execute_sends(self.connection(key[1]), batch)
                 except (*REDIS_DOWN, TimeoutError) as error:
                     self.went_down(error, "send")
                     outbox[:0] = batch  # again, in order; the send ids stop doubles

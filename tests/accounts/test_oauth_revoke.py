@@ -225,9 +225,10 @@ async def test_revoking_a_token_tells_the_sockets_that_used_it_after_commit():
         # The worker thread's connection would otherwise outlive the test database.
         await sync_to_async(connections.close_all)()
         # On Redis the receive started the layer's reader for this process's sockets, which
-        # waits in a blocking pop: stopped here, bounded, and not left to the event loop's
-        # teardown (a PostgreSQL CI run once hung there, not reproduced since; a reader that
-        # would not stop now fails this test with its traceback).
+        # waits in a blocking pop: stopped here, bounded, not left to the event loop's
+        # teardown. A reader that swallowed its cancel (Python 3.11's wait_for in redis-py's
+        # send: connector.relay.redis_connections) hung that teardown, then failed this bound
+        # in CI; should it come back, this test fails with the reader's traceback.
         reader_stop = getattr(layer, "reader_stop", None)
         if reader_stop is not None:
             await asyncio.wait_for(reader_stop(), timeout=10)

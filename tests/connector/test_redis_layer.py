@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import pytest
 import redis.exceptions
@@ -18,19 +17,9 @@ from channels.exceptions import ChannelFull
 from connector.relay.broker import LayerUnavailable
 from connector.relay.redis_layer import RECEIVE_BATCH, RedisChannelLayer
 from connector.relay.redis_scripts import SCRIPT_SHAS
-from tests.live import REDIS_SERVER, PrivateRedis, run_bounded
+from tests.live import REDIS_SERVER, run_bounded
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs redis-server")
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @asynccontextmanager
