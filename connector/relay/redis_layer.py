@@ -401,6 +401,8 @@ class RedisChannelLayer(StockRedisChannelLayer):
                         async with asyncio.timeout(earliest - now):
                             await self.reachable()
                 batch, outbox[:] = [item for item in outbox if not item.future.done()], []
+                if not batch:
+                    continue  # every sender of it was cancelled meanwhile
                 try:
                     # Bounded by the earliest deadline: a Redis that stopped answering without
                     # closing its connections must not hold every send of the process for the

@@ -264,6 +264,25 @@ def test_sends_made_together_share_a_round_trip_and_keep_each_senders_order(redi
     run_bounded(scenario(), timeout=60)
 
 
+def test_sends_whose_senders_were_all_cancelled_before_the_round_trip_leave_the_sending_task_well(redis_url):
+    # A consumer whose socket closed is cancelled while its send waits in the outbox: the
+    # sending task found nothing left to send and died on it (min() of nothing).
+    async def scenario() -> None:
+        async with two_layers(redis_url) as (sender, receiver):
+            channel = await receiver.new_channel()
+            sends = [asyncio.create_task(sender.send(channel, {"type": "frame", "n": n})) for n in range(3)]
+            await asyncio.sleep(0)  # each queued its message; the sending task starts next
+            for send in sends:
+                send.cancel()
+            (flusher,) = sender._flushers.values()
+            await asyncio.gather(flusher, *sends, return_exceptions=True)
+            assert flusher.exception() is None
+            await sender.send(channel, {"type": "frame", "n": 3})
+            assert (await receiver.receive(channel))["n"] == 3
+
+    run_bounded(scenario(), timeout=60)
+
+
 def test_an_unreadable_message_is_dropped_alone(redis_url):
     async def scenario() -> None:
         async with two_layers(redis_url) as (sender, receiver):
