@@ -14,7 +14,11 @@ or `reader_stop`, went back to its blocking pop and held the event loop's teardo
 count, which rose during the send with no CancelledError coming out, and raise it then. The
 command was written but its answer will not be read, so the connection is dropped first (as
 redis-py drops one when a cancel reaches it the normal way), never handed to the next
-command with an answer pending.
+command with an answer pending. A send that failed as its cancel was swallowed raises the
+cancel too, not the connection error redis-py made of the failure.
+
+asyncio.timeout has no such flaw: the application waits with it, never with wait_for
+(tests/connector/test_redis_connections.py checks).
 """
 
 from __future__ import annotations
@@ -32,7 +36,16 @@ class CancelSafeSend:
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         task = asyncio.current_task()
         requested = task.cancelling() if task is not None else 0
-        await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        try:
+            await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            # The send failed as the cancel was swallowed (redis-py dropped the connection):
+            # the cancel, not the error, is what the task must see.
+            if task is not None and task.cancelling() > requested:
+                raise asyncio.CancelledError() from error
+            raise
         if task is not None and task.cancelling() > requested:
             await self.disconnect(nowait=True)  # type: ignore[attr-defined]
             raise asyncio.CancelledError()

@@ -13,11 +13,12 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 
 from connector.relay.redis_layer import RedisChannelLayer
 from tests.live import REDIS_SERVER, run_bounded
 
-pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs redis-server")
+needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="needs redis-server")
 
 ROOT = Path(__file__).resolve().parents[2]
 ITERATIONS = range(16)  # loop iterations between a command's start and its cancel: its send, its answer and after
@@ -34,27 +35,49 @@ async def yield_to_the_loop(times: int) -> None:
         await asyncio.sleep(0)
 
 
+async def lost_cancels(connection: redis.asyncio.Redis) -> list[int]:
+    """Cancel a command after each number of ITERATIONS, three times each: the numbers after
+    which the command answered although its cancel had been accepted. After each, the next
+    command must read its own answer, not the cancelled one's."""
+    await connection.ping()
+    lost = []
+    for iterations in ITERATIONS:
+        for attempt in range(3):
+            command = asyncio.create_task(connection.echo(f"first {iterations}.{attempt}"))
+            await yield_to_the_loop(iterations)
+            if not command.cancel():
+                continue  # it had answered already: nothing to cancel
+            try:
+                await command
+                lost.append(iterations)
+            except asyncio.CancelledError:
+                pass
+            word = f"next {iterations}.{attempt}"
+            assert await connection.echo(word) == word.encode()
+    return lost
+
+
+@needs_redis
+def test_redis_py_s_own_connections_lose_a_cancel_in_the_window_this_module_aims_at(redis_url):
+    # The control: the sweep reaches the window. If this fails, this Python's wait_for no
+    # longer loses cancels (fixed in 3.12: connector.relay.redis_connections can go) or
+    # redis-py's send moved (aim ITERATIONS again).
+    async def scenario() -> None:
+        connection = redis.asyncio.Redis.from_url(redis_url, socket_timeout=15)
+        try:
+            assert await lost_cancels(connection) != []
+        finally:
+            await connection.aclose()
+
+    run_bounded(scenario(), timeout=60)
+
+
+@needs_redis
 def test_a_cancelled_command_raises_cancelled_error_wherever_the_cancel_lands(redis_url):
     async def scenario() -> None:
         layer = layer_of(redis_url)
-        connection = layer.connection(0)
         try:
-            await connection.ping()
-            lost = []
-            for iterations in ITERATIONS:
-                for attempt in range(3):
-                    command = asyncio.create_task(connection.echo(f"first {iterations}.{attempt}"))
-                    await yield_to_the_loop(iterations)
-                    if not command.cancel():
-                        continue  # it had answered already: nothing to cancel
-                    try:
-                        await command
-                        lost.append(iterations)
-                    except asyncio.CancelledError:
-                        pass
-                    # The next command reads its own answer, not the cancelled one's.
-                    word = f"next {iterations}.{attempt}"
-                    assert await connection.echo(word) == word.encode()
+            lost = await lost_cancels(layer.connection(0))
             assert lost == [], f"cancels lost after these many loop iterations: {lost}"
         finally:
             await layer.close_pools()
@@ -62,6 +85,7 @@ def test_a_cancelled_command_raises_cancelled_error_wherever_the_cancel_lands(re
     run_bounded(scenario(), timeout=60)
 
 
+@needs_redis
 def test_a_cancelled_pipeline_drops_its_connection_and_the_next_one_answers(redis_url):
     async def scenario() -> None:
         layer = layer_of(redis_url)
@@ -84,6 +108,7 @@ def test_a_cancelled_pipeline_drops_its_connection_and_the_next_one_answers(redi
     run_bounded(scenario(), timeout=60)
 
 
+@needs_redis
 def test_the_reader_stops_wherever_its_cancel_lands(redis_url):
     # The reader loops: a batch pop script, then a blocking pop, again and again. A cancel it
     # swallowed sent it back to its pop for ever (the event loop's teardown hung on it).
@@ -96,9 +121,8 @@ def test_the_reader_stops_wherever_its_cancel_lands(redis_url):
                     await sender.send(channel, {"type": "frame", "n": attempt})
                     assert (await receiver.receive(channel))["n"] == attempt  # the reader runs
                     await yield_to_the_loop(iterations)
-                    async with asyncio.timeout(3):
+                    async with asyncio.timeout(3):  # less than the blocking pop's 5 s
                         await receiver.reader_stop()
-                    assert not receiver._readers
                     await until_redis_let_go_of_the_pop(sender)
         finally:
             await sender.close_pools()
@@ -122,11 +146,17 @@ def test_the_application_waits_with_asyncio_timeout_never_wait_for():
     for package in ("accounts", "connector", "portal"):
         for path in sorted((ROOT / package).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                if (
+                attribute = (
                     isinstance(node, ast.Attribute)
                     and node.attr == "wait_for"
                     and isinstance(node.value, ast.Name)
                     and node.value.id == "asyncio"
-                ):
+                )
+                imported = (
+                    isinstance(node, ast.ImportFrom)
+                    and node.module == "asyncio"
+                    and any(alias.name == "wait_for" for alias in node.names)
+                )
+                if attribute or imported:
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert found == []

@@ -14,6 +14,7 @@ import pytest
 from django.db import OperationalError
 from django.test import Client
 
+from connector.relay.redis_connections import CancelSafeSend
 from portal import health
 
 ALL_CHECKS = {"database", "channel_layer", "shutdown"}
@@ -131,6 +132,27 @@ def test_readyz_gives_up_on_a_redis_that_never_answers_within_the_timeout(client
     assert body["checks"]["redis"]["error"] == "timeout"
     assert body["checks"]["database"]["ok"] is True
     assert elapsed < 5, f"a check must give up after READINESS_TIMEOUT, /readyz took {elapsed:.1f} s"
+
+
+@pytest.mark.django_db
+def test_the_redis_check_talks_through_connections_that_keep_its_timeout_s_cancel(
+    client, settings, silent_port, monkeypatch
+):
+    # The check's timeout cancels its PING: redis-py's own connections can swallow that
+    # cancel on Python 3.11 (connector.relay.redis_connections, tested there).
+    settings.REDIS_URL = f"redis://127.0.0.1:{silent_port}/0"
+    settings.READINESS_TIMEOUT = 0.3
+    made = []
+    from_url = health.redis.asyncio.from_url
+
+    def recording_from_url(*args, **kwargs):
+        made.append(from_url(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(health.redis.asyncio, "from_url", recording_from_url)
+    assert client.get("/readyz").json()["checks"]["redis"]["error"] == "timeout"
+    (redis_client,) = made
+    assert issubclass(redis_client.connection_pool.connection_class, CancelSafeSend)
 
 
 @pytest.mark.django_db
