@@ -8,12 +8,12 @@ share, built from these, is in tests/world.py.
 
 from __future__ import annotations
 
-import secrets
 from datetime import timedelta
 
 import factory
 from django.utils import timezone
 from oauth2_provider.models import AccessToken
+from oauthlib.common import generate_token
 
 from accounts import services as account_services
 from accounts.credentials import SCOPE_CLOUD_CONNECTOR, SCOPE_PROVISIONING, token_checksum
@@ -181,7 +181,7 @@ def make_access_token(
     if scope is None:
         provisioning = application.kind == Application.Kind.PROVISIONING
         scope = SCOPE_PROVISIONING if provisioning else SCOPE_CLOUD_CONNECTOR
-    raw = secrets.token_urlsafe(30)
+    raw = generate_token()  # what the token endpoint issues (oauthlib's default): 30 letters and digits
     AccessToken.objects.create(
         application=application,
         token="",
