@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -24,10 +26,17 @@ ROOT = Path(__file__).resolve().parents[2]
 ITERATIONS = range(16)  # loop iterations between a command's start and its cancel: its send, its answer and after
 
 
-def layer_of(url: str) -> RedisChannelLayer:
-    # With a socket timeout, as portal/settings.py configures it: redis-py sends through
-    # asyncio.wait_for only then.
-    return RedisChannelLayer(hosts=[{"address": url, "socket_timeout": 15}], capacity=100, expiry=60)
+@asynccontextmanager
+async def layers(url: str, count: int = 1) -> AsyncIterator[list[RedisChannelLayer]]:
+    """`count` processes' layers, their pools closed after. With a socket timeout, as
+    portal/settings.py configures it: redis-py sends through asyncio.wait_for only then."""
+    hosts = [{"address": url, "socket_timeout": 15}]
+    made = [RedisChannelLayer(hosts=hosts, capacity=100, expiry=60) for _ in range(count)]
+    try:
+        yield made
+    finally:
+        for layer in made:
+            await layer.close_pools()
 
 
 async def yield_to_the_loop(times: int) -> None:
@@ -75,12 +84,9 @@ def test_redis_py_s_own_connections_lose_a_cancel_in_the_window_this_module_aims
 @needs_redis
 def test_a_cancelled_command_raises_cancelled_error_wherever_the_cancel_lands(redis_url):
     async def scenario() -> None:
-        layer = layer_of(redis_url)
-        try:
+        async with layers(redis_url) as (layer,):
             lost = await lost_cancels(layer.connection(0))
             assert lost == [], f"cancels lost after these many loop iterations: {lost}"
-        finally:
-            await layer.close_pools()
 
     run_bounded(scenario(), timeout=60)
 
@@ -88,9 +94,8 @@ def test_a_cancelled_command_raises_cancelled_error_wherever_the_cancel_lands(re
 @needs_redis
 def test_a_cancelled_pipeline_drops_its_connection_and_the_next_one_answers(redis_url):
     async def scenario() -> None:
-        layer = layer_of(redis_url)
-        connection = layer.connection(0)
-        try:
+        async with layers(redis_url) as (layer,):
+            connection = layer.connection(0)
             for iterations in ITERATIONS:
                 pipe = connection.pipeline(transaction=False)
                 pipe.set("key", iterations).get("key")
@@ -102,8 +107,6 @@ def test_a_cancelled_pipeline_drops_its_connection_and_the_next_one_answers(redi
                 pipe = connection.pipeline(transaction=False)
                 pipe.echo("after").get("key")
                 assert (await pipe.execute())[0] == b"after"
-        finally:
-            await layer.close_pools()
 
     run_bounded(scenario(), timeout=60)
 
@@ -113,8 +116,7 @@ def test_the_reader_stops_wherever_its_cancel_lands(redis_url):
     # The reader loops: a batch pop script, then a blocking pop, again and again. A cancel it
     # swallowed sent it back to its pop for ever (the event loop's teardown hung on it).
     async def scenario() -> None:
-        sender, receiver = layer_of(redis_url), layer_of(redis_url)
-        try:
+        async with layers(redis_url, 2) as (sender, receiver):
             channel = await receiver.new_channel()
             for iterations in ITERATIONS:
                 for attempt in range(3):
@@ -124,9 +126,6 @@ def test_the_reader_stops_wherever_its_cancel_lands(redis_url):
                     async with asyncio.timeout(3):  # less than the blocking pop's 5 s
                         await receiver.reader_stop()
                     await until_redis_let_go_of_the_pop(sender)
-        finally:
-            await sender.close_pools()
-            await receiver.close_pools()
 
     run_bounded(scenario(), timeout=120)
 
